@@ -1,0 +1,464 @@
+//! The client protocol v1: JSON envelopes over WebSocket text frames (`docs/protocol.md`).
+//!
+//! Client frames are read in two steps: [`ClientFrame`] finds the envelope's fields without
+//! trusting their types, then the gateway reads `data` into the request type of the event.
+//! Server frames are written by [`ack`], [`error`] and [`push`]; [`conversation_push`] turns a
+//! bus event into the push a member receives.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::timestamp::iso8601;
+use crate::v1;
+
+/// The WebSocket subprotocol of this version.
+pub const SUBPROTOCOL: &str = "chat.v1.json";
+/// The only `version` a client frame may carry.
+pub const VERSION: &str = "1";
+
+/// Error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Missing, bad or expired token.
+    Unauthorized,
+    /// Authenticated but not allowed (not a member, not the owner).
+    Forbidden,
+    /// No such conversation or message.
+    NotFound,
+    /// A field is missing, of the wrong type, or out of its limits.
+    ValidationError,
+    /// Over a rate limit; `retryAfterMs` says when to try again.
+    RateLimited,
+    /// Not JSON, unknown event or version, too large.
+    ProtocolError,
+    /// A fault of the server.
+    InternalError,
+    /// A dependency is down; the request may be retried.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same request later can succeed.
+    pub fn recoverable(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited | Self::InternalError | Self::Unavailable
+        )
+    }
+}
+
+/// WebSocket close codes of the protocol.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// A message over the transport cap.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server is restarting: reconnect and resume.
+    pub const RESTARTING: u16 = 1012;
+    /// Unauthorized or token expired.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Forbidden (banned).
+    pub const FORBIDDEN: u16 = 4403;
+    /// No `auth` frame in time.
+    pub const AUTH_TIMEOUT: u16 = 4408;
+    /// Over a limit (sessions per user, connections per IP).
+    pub const OVER_LIMIT: u16 = 4429;
+    /// Internal error: reconnect.
+    pub const INTERNAL: u16 = 4500;
+    /// Too slow: the socket could not take its messages; reconnect and resume.
+    pub const TOO_SLOW: u16 = 4503;
+}
+
+/// A client frame's envelope, each field still raw so that a wrong type is reported, not fatal.
+#[derive(Debug, Deserialize)]
+pub struct ClientFrame<'a> {
+    /// The event name.
+    #[serde(borrow, default)]
+    pub event: Option<&'a RawValue>,
+    /// The request id, answered exactly once when present.
+    #[serde(borrow, default, rename = "requestId")]
+    pub request_id: Option<&'a RawValue>,
+    /// The event's data.
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+    /// The protocol version; absent means v1.
+    #[serde(borrow, default)]
+    pub version: Option<&'a RawValue>,
+}
+
+/// `auth` data.
+#[derive(Debug, Deserialize)]
+pub struct AuthData {
+    /// The JWT.
+    pub token: String,
+}
+
+/// An attachment as a client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentData {
+    /// The id of the file in the application's own file store.
+    pub external_file_id: String,
+    /// A label, at most 255 characters.
+    pub label: Option<String>,
+}
+
+/// `message:send` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendData {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The text.
+    pub content: String,
+    /// `chat` (default), `file`, `image` or `graph`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Attachments.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentData>,
+    /// The id of the message this one answers.
+    pub reply_to: Option<u64>,
+    /// Any JSON object.
+    pub metadata: Option<Box<RawValue>>,
+    /// Makes the send idempotent within the de-duplication window.
+    pub client_message_id: Option<String>,
+}
+
+/// `message:edit` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditData {
+    /// The message.
+    pub message_id: u64,
+    /// The new text.
+    pub content: String,
+    /// The conversation, when the client knows it.
+    pub conversation_id: Option<String>,
+}
+
+/// `message:delete` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteData {
+    /// The message.
+    pub message_id: u64,
+    /// The conversation, when the client knows it.
+    pub conversation_id: Option<String>,
+}
+
+/// `messages:sync` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncData {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Messages after this id.
+    pub last_message_id: Option<u64>,
+    /// Messages before this id.
+    pub before_message_id: Option<u64>,
+    /// How many, 50 by default, at most 100.
+    pub limit: Option<u32>,
+}
+
+/// `room:create` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateData {
+    /// The title.
+    pub title: Option<String>,
+    /// The other members.
+    pub participant_ids: Vec<String>,
+    /// True by default.
+    pub private: Option<bool>,
+    /// A password a non-member must give to join a public room.
+    pub password: Option<String>,
+}
+
+/// `room:join` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinData {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The room's password, where one was set.
+    pub password: Option<String>,
+}
+
+/// Data that names one conversation (`room:leave`, `room:info`, `typing:*`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRef {
+    /// The conversation.
+    pub conversation_id: String,
+}
+
+/// A message as clients see it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageJson<'a> {
+    id: u64,
+    seq: u64,
+    conversation_id: &'a str,
+    sender_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    attachments: Vec<AttachmentJson<'a>>,
+    reply_to: Option<u64>,
+    metadata: Option<&'a RawValue>,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited_at: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentJson<'a> {
+    external_file_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+}
+
+impl<'a> From<&'a v1::ChatMessage> for MessageJson<'a> {
+    fn from(m: &'a v1::ChatMessage) -> Self {
+        let metadata = (!m.deleted && !m.metadata_json.is_empty())
+            .then(|| serde_json::from_str::<&RawValue>(&m.metadata_json).ok())
+            .flatten();
+        Self {
+            id: m.id,
+            seq: m.id,
+            conversation_id: &m.conversation_id,
+            sender_id: &m.sender_id,
+            kind: &m.r#type,
+            content: (!m.deleted).then_some(m.content.as_str()),
+            attachments: if m.deleted {
+                Vec::new()
+            } else {
+                m.attachments
+                    .iter()
+                    .map(|a| AttachmentJson {
+                        external_file_id: &a.external_file_id,
+                        label: a.label.as_deref(),
+                    })
+                    .collect()
+            },
+            reply_to: m.reply_to,
+            metadata,
+            created_at: iso8601(m.created_at_ms),
+            edited_at: m.edited_at_ms.map(iso8601),
+            deleted: m.deleted,
+        }
+    }
+}
+
+/// A conversation as clients see it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationJson<'a> {
+    id: &'a str,
+    title: &'a str,
+    private: bool,
+    created_by: &'a str,
+    created_at: String,
+    participant_ids: &'a [String],
+    num_participants: u32,
+}
+
+impl<'a> From<&'a v1::Conversation> for ConversationJson<'a> {
+    fn from(c: &'a v1::Conversation) -> Self {
+        Self {
+            id: &c.id,
+            title: &c.title,
+            private: c.private,
+            created_by: &c.created_by,
+            created_at: iso8601(c.created_at_ms),
+            participant_ids: &c.participant_ids,
+            num_participants: c.num_participants,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Frame<'a, T> {
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    data: T,
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("protocol frames serialize: string keys, no NaN")
+}
+
+/// `{"event":"ack","requestId":…,"data":…}`.
+pub fn ack<T: Serialize>(request_id: &str, data: T) -> String {
+    to_json(&Frame {
+        event: "ack",
+        request_id: Some(request_id),
+        data,
+    })
+}
+
+/// A server push `{"event":…,"data":…}`.
+pub fn push<T: Serialize>(event: &str, data: T) -> String {
+    to_json(&Frame {
+        event,
+        request_id: None,
+        data,
+    })
+}
+
+/// The data of an `error` frame.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorData<'a> {
+    /// The code.
+    pub code: ErrorCode,
+    /// A message for people; never internals.
+    pub message: &'a str,
+    /// Whether a retry may succeed.
+    pub recoverable: bool,
+    /// The event that failed, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_event: Option<&'a str>,
+    /// With `RATE_LIMITED`: when to try again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// When it happened.
+    pub timestamp: String,
+}
+
+/// An `error` frame, answering `request_id` when there is one.
+pub fn error(request_id: Option<&str>, data: &ErrorData<'_>) -> String {
+    to_json(&Frame {
+        event: "error",
+        request_id,
+        data,
+    })
+}
+
+/// Whether a push may be dropped when a socket's queue is full (ephemeral) or must close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Typing and receipts: may be dropped.
+    Ephemeral,
+    /// Anything that carries a message or a membership change: never dropped.
+    Durable,
+}
+
+/// The push that a member of the conversation receives for a bus event, if any.
+pub fn conversation_push(event: &v1::ConversationEvent) -> Option<(String, Delivery)> {
+    use v1::conversation_event::Kind;
+    let conversation_id = event.conversation_id.as_str();
+    let seq = event.seq;
+    let frame = match event.kind.as_ref()? {
+        Kind::MessageCreated(created) => {
+            let message = created.message.as_ref()?;
+            push(
+                "message:new",
+                serde_json::json!({ "message": MessageJson::from(message) }),
+            )
+        }
+        Kind::MessageEdited(e) => push(
+            "message:updated",
+            serde_json::json!({
+                "messageId": e.message_id, "conversationId": conversation_id, "seq": seq,
+                "content": e.content, "isEdited": true, "editedAt": iso8601(e.edited_at_ms),
+            }),
+        ),
+        Kind::MessageDeleted(d) => push(
+            "message:deleted",
+            serde_json::json!({
+                "messageId": d.message_id, "conversationId": conversation_id, "seq": seq,
+                "deletedAt": iso8601(d.deleted_at_ms),
+            }),
+        ),
+        Kind::ParticipantAdded(p) => push(
+            "participant:added",
+            serde_json::json!({
+                "conversationId": conversation_id, "userId": p.user_id, "seq": seq,
+                "timestamp": iso8601(p.at_ms),
+            }),
+        ),
+        Kind::ParticipantRemoved(p) => push(
+            "participant:removed",
+            serde_json::json!({
+                "conversationId": conversation_id, "userId": p.user_id, "seq": seq,
+                "timestamp": iso8601(p.at_ms),
+            }),
+        ),
+        Kind::Typing(t) => {
+            let frame = push(
+                "typing",
+                serde_json::json!({
+                    "conversationId": conversation_id, "userId": t.user_id, "isTyping": t.is_typing,
+                }),
+            );
+            return Some((frame, Delivery::Ephemeral));
+        }
+        Kind::Receipt(r) => {
+            let frame = push(
+                "message:receipt",
+                serde_json::json!({
+                    "conversationId": conversation_id, "messageId": r.message_id,
+                    "userId": r.user_id, "kind": if r.read { "read" } else { "delivered" },
+                }),
+            );
+            return Some((frame, Delivery::Ephemeral));
+        }
+        Kind::ConversationCreated(_) => return None,
+    };
+    Some((frame, Delivery::Durable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_frame_has_the_protocol_fields() {
+        let frame = error(
+            Some("r-1"),
+            &ErrorData {
+                code: ErrorCode::RateLimited,
+                message: "slow down",
+                recoverable: ErrorCode::RateLimited.recoverable(),
+                original_event: Some("message:send"),
+                retry_after_ms: Some(250),
+                timestamp: iso8601(0),
+            },
+        );
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["event"], "error");
+        assert_eq!(value["requestId"], "r-1");
+        assert_eq!(value["data"]["code"], "RATE_LIMITED");
+        assert_eq!(value["data"]["recoverable"], true);
+        assert_eq!(value["data"]["retryAfterMs"], 250);
+        assert_eq!(value["data"]["originalEvent"], "message:send");
+    }
+
+    #[test]
+    fn a_tombstone_has_no_content() {
+        let message = v1::ChatMessage {
+            id: 7,
+            conversation_id: "c".into(),
+            sender_id: "u".into(),
+            r#type: "chat".into(),
+            content: "secret".into(),
+            metadata_json: r#"{"a":1}"#.into(),
+            deleted: true,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(MessageJson::from(&message)).unwrap();
+        assert_eq!(json["deleted"], true);
+        assert!(json.get("content").is_none());
+        assert!(json["metadata"].is_null());
+        assert_eq!(json["seq"], 7);
+    }
+}

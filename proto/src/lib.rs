@@ -1,0 +1,20 @@
+//! The contract crate: everything the gateways, the persistence worker and the router agree on.
+//!
+//! - [`v1`]: the protobuf schemas (`proto/chat/v1/*.proto`): events on the bus, the worker's
+//!   request-reply messages, and (reserved) the router's service.
+//! - [`subjects`]: the NATS subject names and the stream name, with the encoding that keeps user
+//!   and conversation ids from ever forming a wildcard or an extra subject token.
+//! - [`client`]: the client protocol v1 (JSON over WebSocket): envelopes, codes, payloads.
+//! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
+//!
+//! Nothing here depends on a binary.
+
+pub mod client;
+pub mod subjects;
+pub mod timestamp;
+
+/// Generated code of the `chat.v1` protobuf package.
+#[allow(unreachable_pub, clippy::all, missing_docs)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/chat.v1.rs"));
+}

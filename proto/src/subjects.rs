@@ -1,0 +1,114 @@
+//! NATS subjects and the stream.
+//!
+//! Ids come from tokens and clients. Before one becomes a subject token it is encoded: ASCII
+//! letters, digits, `-` and `_` stand for themselves and every other byte becomes `%XX`, so no
+//! `.`, `*`, `>`, space or control character can reach a subject, and two ids never share a token.
+//! Ids longer than [`MAX_ID_CHARS`] characters are refused before they get here.
+
+/// The longest user or conversation id accepted, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// The JetStream stream that holds every durable conversation event.
+pub const STREAM: &str = "CHAT";
+/// The subjects the stream captures.
+pub const STREAM_SUBJECTS: &str = "chat.stream.>";
+/// The durable consumer of the persistence worker.
+pub const WORKER_CONSUMER: &str = "persistence-worker";
+/// The queue group the workers answer requests in.
+pub const WORKER_QUEUE: &str = "persistence-worker";
+
+/// Subjects of the worker's request-reply API.
+pub mod rpc {
+    /// `MembershipRequest` → `MembershipReply`.
+    pub const MEMBERSHIP: &str = "chat.rpc.membership";
+    /// `ListConversationsRequest` → `ListConversationsReply`.
+    pub const LIST_CONVERSATIONS: &str = "chat.rpc.conversations.list";
+    /// `ConversationInfoRequest` → `ConversationInfoReply`.
+    pub const CONVERSATION_INFO: &str = "chat.rpc.conversation.info";
+    /// `CreateConversationRequest` → `ConversationReply`.
+    pub const CREATE_CONVERSATION: &str = "chat.rpc.conversation.create";
+    /// `JoinConversationRequest` → `ConversationReply`.
+    pub const JOIN_CONVERSATION: &str = "chat.rpc.conversation.join";
+    /// `LeaveConversationRequest` → `ConversationReply`.
+    pub const LEAVE_CONVERSATION: &str = "chat.rpc.conversation.leave";
+    /// `HistoryRequest` → `HistoryReply`.
+    pub const HISTORY: &str = "chat.rpc.history";
+    /// `GetMessageRequest` → `GetMessageReply`.
+    pub const GET_MESSAGE: &str = "chat.rpc.message.get";
+    /// Every subject above, for the worker to subscribe to.
+    pub const ALL: &[&str] = &[
+        MEMBERSHIP,
+        LIST_CONVERSATIONS,
+        CONVERSATION_INFO,
+        CREATE_CONVERSATION,
+        JOIN_CONVERSATION,
+        LEAVE_CONVERSATION,
+        HISTORY,
+        GET_MESSAGE,
+    ];
+    /// Header set on a reply that carries an `RpcError` instead of the expected reply.
+    pub const ERROR_HEADER: &str = "Chat-Error";
+}
+
+/// The stream subject of a conversation's durable events.
+pub fn conversation_stream(conversation_id: &str) -> String {
+    format!("chat.stream.conv.{}", encode(conversation_id))
+}
+
+/// The core subject on which a conversation's events are delivered live.
+pub fn conversation_live(conversation_id: &str) -> String {
+    format!("chat.live.conv.{}", encode(conversation_id))
+}
+
+/// The core subject of events addressed to one user.
+pub fn user_live(user_id: &str) -> String {
+    format!("chat.live.user.{}", encode(user_id))
+}
+
+/// Every user's events; a gateway node subscribes to it once and keeps the ones of its own
+/// users. (The router's placement replaces it with one subject per node.)
+pub const ALL_USERS_LIVE: &str = "chat.live.user.*";
+
+/// Encodes an id into one subject token (see the module documentation).
+pub fn encode(id: &str) -> String {
+    let mut token = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            token.push(char::from(byte));
+        } else {
+            token.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    token
+}
+
+/// The de-duplication id of a send: the same user, conversation and `clientMessageId` always
+/// give the same id, and different ones never do (each part is encoded, and `.` separates them).
+pub fn dedup_id(user_id: &str, conversation_id: &str, client_message_id: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        encode(user_id),
+        encode(conversation_id),
+        encode(client_message_id)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_and_separators_never_reach_a_subject() {
+        let token = encode("a.b*c>d e\tf%");
+        assert_eq!(token, "a%2Eb%2Ac%3Ed%20e%09f%25");
+        assert_eq!(conversation_live("x.>"), "chat.live.conv.x%2E%3E");
+        assert!(!user_live("*").ends_with('*'));
+    }
+
+    #[test]
+    fn encoding_is_injective_on_lookalikes() {
+        assert_ne!(encode("a.b"), encode("a%2Eb"));
+        assert_ne!(encode("é"), encode("e"));
+        assert_ne!(dedup_id("a.b", "c", "d"), dedup_id("a", "b.c", "d"));
+    }
+}
