@@ -5,10 +5,12 @@
 //! - [`subjects`]: the NATS subject names and the stream name, with the encoding that keeps user
 //!   and conversation ids from ever forming a wildcard or an extra subject token.
 //! - [`client`]: the client protocol v1 (JSON over WebSocket): envelopes, codes, payloads.
+//! - [`bus`]: publishing conversation events durably, then live.
 //! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
 //!
 //! Nothing here depends on a binary.
 
+pub mod bus;
 pub mod client;
 pub mod subjects;
 pub mod timestamp;

@@ -11,9 +11,8 @@ pub fn now_ms() -> i64 {
 
 /// `2026-11-23T17:51:04.123Z` for milliseconds since the epoch.
 pub fn iso8601(ms: i64) -> String {
-    let format = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(format).ok())

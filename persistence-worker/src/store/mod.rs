@@ -1,0 +1,127 @@
+//! The storage interface and its implementations.
+//!
+//! Callers (the consumer and the request handlers) see only [`Store`]; the embedded SQLite
+//! store ([`sqlite::SqliteStore`]) is the default, and a ScyllaDB store fits the same trait
+//! (partitioned by conversation and time bucket) without changing them.
+//!
+//! Every write is idempotent and conditional on the stream position: a message is inserted if
+//! absent, an edit applies only if newer than the row and not deleted, a membership change only if
+//! newer than the membership row. Redelivery and replays therefore change nothing.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
+
+/// Failures of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no.
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A stored row could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The store's schema is newer than this binary knows.
+    #[error("store schema version {found} is newer than this worker's {known}")]
+    SchemaTooNew {
+        /// The version found.
+        found: i64,
+        /// The newest version this binary knows.
+        known: i64,
+    },
+    /// The blocking task running the query failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Which messages a history read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The newest ones.
+    Newest,
+    /// The ones after this id, oldest first.
+    After(u64),
+    /// The ones before this id (scrolling up).
+    Before(u64),
+}
+
+/// A page of history, in id order.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// The messages, in id order.
+    pub messages: Vec<ChatMessage>,
+    /// Whether the window holds more than the page.
+    pub has_more: bool,
+}
+
+/// A conversation with its (secret) password hash.
+#[derive(Debug, Clone)]
+pub struct StoredConversation {
+    /// The conversation, its participant list cut to the store's limit.
+    pub conversation: Conversation,
+    /// The salted hash of its password, if one was set.
+    pub password_hash: Option<String>,
+}
+
+/// A user's membership of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// No such conversation.
+    NoConversation,
+    /// Never a member.
+    Never,
+    /// A member once, gone since.
+    Left,
+    /// A member now.
+    Active,
+}
+
+/// The storage interface of the worker.
+pub trait Store: Send + Sync + 'static {
+    /// The highest stream sequence the consumer has committed.
+    fn committed_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Applies events (each with its `seq`) in one transaction. With `commit_through`, the
+    /// committed position advances to it in the same transaction.
+    fn apply(
+        &self,
+        events: Vec<ConversationEvent>,
+        commit_through: Option<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One user's membership of one conversation.
+    fn membership(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> impl Future<Output = Result<Membership, StoreError>> + Send;
+
+    /// A conversation.
+    fn conversation(
+        &self,
+        conversation_id: &str,
+    ) -> impl Future<Output = Result<Option<StoredConversation>, StoreError>> + Send;
+
+    /// The conversations a user is a member of, newest first, at most `limit`.
+    fn conversations_of(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Conversation>, StoreError>> + Send;
+
+    /// A page of a conversation's messages.
+    fn history(
+        &self,
+        conversation_id: &str,
+        window: Window,
+        limit: u32,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// One message by id, as it is now (edited, or a tombstone).
+    fn message(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<ChatMessage>, StoreError>> + Send;
+}

@@ -1,0 +1,626 @@
+//! The embedded store: SQLite in WAL mode, one connection, exactly one worker.
+//!
+//! Queries run on the blocking pool, never on the async workers. The schema is versioned with
+//! `PRAGMA user_version`; [`MIGRATIONS`] are applied in order at open.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chat_proto::v1::conversation_event::Kind;
+use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{Membership, Page, Store, StoreError, StoredConversation, Window};
+
+/// The schema, one entry a version: entry `i` takes the store from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE conversations (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    private INTEGER NOT NULL,
+    password_hash TEXT,
+    created_by TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE members (
+    conversation_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    updated_seq INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX members_by_user ON members (user_id, active, conversation_id);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    content TEXT NOT NULL,
+    edited_at_ms INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    updated_seq INTEGER NOT NULL
+);
+CREATE INDEX messages_by_conversation ON messages (conversation_id, id);
+CREATE TABLE positions (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+"#];
+
+/// How many participant ids a conversation read returns; the count is always whole.
+const MAX_LISTED_PARTICIPANTS: u32 = 100;
+
+/// The SQLite store; a cheap `Clone` handle.
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut connection)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .map_err(|_| StoreError::Task("a store query panicked".into()))?;
+            query(&mut connection)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let known = i64::try_from(MIGRATIONS.len()).expect("a handful of migrations");
+    let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for (version, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let tx = connection.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(version + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+        tracing::info!(version = version + 1, "store schema migrated");
+    }
+    Ok(())
+}
+
+fn apply_event(tx: &Transaction<'_>, event: &ConversationEvent) -> Result<(), StoreError> {
+    let seq = i64::try_from(event.seq).map_err(|_| StoreError::Corrupt("seq over i64".into()))?;
+    let conversation_id = event.conversation_id.as_str();
+    let Some(kind) = &event.kind else {
+        return Ok(());
+    };
+    match kind {
+        Kind::MessageCreated(created) => {
+            let Some(message) = &created.message else {
+                return Ok(());
+            };
+            let mut message = message.clone();
+            message.id = event.seq;
+            message.conversation_id = conversation_id.to_owned();
+            tx.execute(
+                "INSERT INTO messages (id, conversation_id, body, content, updated_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?1) ON CONFLICT (id) DO NOTHING",
+                params![
+                    seq,
+                    conversation_id,
+                    message.encode_to_vec(),
+                    message.content
+                ],
+            )?;
+        }
+        Kind::MessageEdited(edit) => {
+            tx.execute(
+                "UPDATE messages SET content = ?1, edited_at_ms = ?2, updated_seq = ?3
+                 WHERE id = ?4 AND conversation_id = ?5 AND updated_seq < ?3 AND deleted = 0",
+                params![
+                    edit.content,
+                    edit.edited_at_ms,
+                    seq,
+                    to_i64(edit.message_id)?,
+                    conversation_id
+                ],
+            )?;
+        }
+        Kind::MessageDeleted(delete) => {
+            // Deletion is final: it applies whatever edits came before or after it.
+            tx.execute(
+                "UPDATE messages SET content = '', deleted = 1, updated_seq = MAX(updated_seq, ?1)
+                 WHERE id = ?2 AND conversation_id = ?3 AND deleted = 0",
+                params![seq, to_i64(delete.message_id)?, conversation_id],
+            )?;
+        }
+        Kind::ConversationCreated(created) => {
+            let Some(c) = &created.conversation else {
+                return Ok(());
+            };
+            tx.execute(
+                "INSERT INTO conversations
+                 (id, title, private, password_hash, created_by, created_at_ms, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                params![
+                    conversation_id,
+                    c.title,
+                    c.private,
+                    created.password_hash,
+                    c.created_by,
+                    c.created_at_ms,
+                    seq
+                ],
+            )?;
+            for user_id in &c.participant_ids {
+                set_member(tx, conversation_id, user_id, true, seq)?;
+            }
+        }
+        Kind::ParticipantAdded(p) => set_member(tx, conversation_id, &p.user_id, true, seq)?,
+        Kind::ParticipantRemoved(p) => set_member(tx, conversation_id, &p.user_id, false, seq)?,
+        Kind::Typing(_) | Kind::Receipt(_) => {}
+    }
+    Ok(())
+}
+
+fn set_member(
+    tx: &Transaction<'_>,
+    conversation_id: &str,
+    user_id: &str,
+    active: bool,
+    seq: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO members (conversation_id, user_id, active, updated_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (conversation_id, user_id) DO UPDATE
+         SET active = excluded.active, updated_seq = excluded.updated_seq
+         WHERE members.updated_seq < excluded.updated_seq",
+        params![conversation_id, user_id, active, seq],
+    )?;
+    Ok(())
+}
+
+fn to_i64(id: u64) -> Result<i64, StoreError> {
+    i64::try_from(id).map_err(|_| StoreError::Corrupt(format!("id {id} over i64")))
+}
+
+fn read_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, String, Option<i64>, bool)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_message(
+    (body, content, edited_at_ms, deleted): (Vec<u8>, String, Option<i64>, bool),
+) -> Result<ChatMessage, StoreError> {
+    let mut message =
+        ChatMessage::decode(body.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    message.content = content;
+    message.edited_at_ms = edited_at_ms;
+    message.deleted = deleted;
+    if deleted {
+        message.attachments.clear();
+        message.metadata_json.clear();
+    }
+    Ok(message)
+}
+
+const MESSAGE_COLUMNS: &str = "body, content, edited_at_ms, deleted";
+
+fn load_conversation(
+    connection: &Connection,
+    conversation_id: &str,
+) -> Result<Option<StoredConversation>, StoreError> {
+    let row = connection
+        .query_row(
+            "SELECT title, private, password_hash, created_by, created_at_ms
+             FROM conversations WHERE id = ?1",
+            params![conversation_id],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, bool>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((title, private, password_hash, created_by, created_at_ms)) = row else {
+        return Ok(None);
+    };
+    let num_participants: u32 = connection.query_row(
+        "SELECT COUNT(*) FROM members WHERE conversation_id = ?1 AND active = 1",
+        params![conversation_id],
+        |row| row.get(0),
+    )?;
+    let mut statement = connection.prepare_cached(
+        "SELECT user_id FROM members WHERE conversation_id = ?1 AND active = 1
+         ORDER BY user_id LIMIT ?2",
+    )?;
+    let participant_ids = statement
+        .query_map(params![conversation_id, MAX_LISTED_PARTICIPANTS], |row| {
+            row.get(0)
+        })?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(Some(StoredConversation {
+        conversation: Conversation {
+            id: conversation_id.to_owned(),
+            title,
+            private,
+            created_by,
+            created_at_ms,
+            participant_ids,
+            num_participants,
+        },
+        password_hash,
+    }))
+}
+
+impl Store for SqliteStore {
+    async fn committed_seq(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let seq: Option<i64> = c
+                .query_row(
+                    "SELECT seq FROM positions WHERE name = 'committed'",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(seq.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+        })
+        .await
+    }
+
+    async fn apply(
+        &self,
+        events: Vec<ConversationEvent>,
+        commit_through: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for event in &events {
+                apply_event(&tx, event)?;
+            }
+            if let Some(seq) = commit_through {
+                tx.execute(
+                    "INSERT INTO positions (name, seq) VALUES ('committed', ?1)
+                     ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                    params![to_i64(seq)?],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn membership(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<Membership, StoreError> {
+        let (user_id, conversation_id) = (user_id.to_owned(), conversation_id.to_owned());
+        self.with(move |c| {
+            let active: Option<bool> = c
+                .query_row(
+                    "SELECT active FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+                    params![conversation_id, user_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(match active {
+                Some(true) => Membership::Active,
+                Some(false) => Membership::Left,
+                None => {
+                    let exists = c
+                        .query_row(
+                            "SELECT 1 FROM conversations WHERE id = ?1",
+                            params![conversation_id],
+                            |_| Ok(()),
+                        )
+                        .optional()?
+                        .is_some();
+                    if exists {
+                        Membership::Never
+                    } else {
+                        Membership::NoConversation
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    async fn conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<StoredConversation>, StoreError> {
+        let conversation_id = conversation_id.to_owned();
+        self.with(move |c| load_conversation(c, &conversation_id))
+            .await
+    }
+
+    async fn conversations_of(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.with(move |c| {
+            let ids = {
+                let mut statement = c.prepare_cached(
+                    "SELECT m.conversation_id FROM members m
+                     JOIN conversations v ON v.id = m.conversation_id
+                     WHERE m.user_id = ?1 AND m.active = 1 ORDER BY v.seq DESC LIMIT ?2",
+                )?;
+                statement
+                    .query_map(params![user_id, limit], |row| row.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let mut conversations = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(stored) = load_conversation(c, &id)? {
+                    conversations.push(stored.conversation);
+                }
+            }
+            Ok(conversations)
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        conversation_id: &str,
+        window: Window,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        let conversation_id = conversation_id.to_owned();
+        self.with(move |c| {
+            let take = i64::from(limit) + 1;
+            let (sql, bound) = match window {
+                Window::Newest => ("id < ?2 ORDER BY id DESC", i64::MAX),
+                Window::Before(id) => ("id < ?2 ORDER BY id DESC", to_i64(id)?),
+                Window::After(id) => ("id > ?2 ORDER BY id ASC", to_i64(id)?),
+            };
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?1 AND {sql} LIMIT ?3"
+            ))?;
+            let rows = statement
+                .query_map(params![conversation_id, bound, take], read_message)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let has_more = rows.len() > limit as usize;
+            let mut messages = rows
+                .into_iter()
+                .take(limit as usize)
+                .map(to_message)
+                .collect::<Result<Vec<_>, _>>()?;
+            if !matches!(window, Window::After(_)) {
+                messages.reverse();
+            }
+            Ok(Page { messages, has_more })
+        })
+        .await
+    }
+
+    async fn message(&self, id: u64) -> Result<Option<ChatMessage>, StoreError> {
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"),
+                params![to_i64(id)?],
+                read_message,
+            )
+            .optional()?
+            .map(to_message)
+            .transpose()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat_proto::v1::{
+        ConversationCreated, MessageCreated, MessageDeleted, MessageEdited, ParticipantAdded,
+        ParticipantRemoved,
+    };
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(&dir.path().join("chat.db")).expect("the store opens");
+        (dir, store)
+    }
+
+    fn event(seq: u64, kind: Kind) -> ConversationEvent {
+        ConversationEvent {
+            seq,
+            conversation_id: "c1".into(),
+            kind: Some(kind),
+        }
+    }
+
+    fn created(seq: u64, content: &str) -> ConversationEvent {
+        event(
+            seq,
+            Kind::MessageCreated(MessageCreated {
+                message: Some(ChatMessage {
+                    sender_id: "alice".into(),
+                    r#type: "chat".into(),
+                    content: content.into(),
+                    created_at_ms: 1,
+                    ..Default::default()
+                }),
+            }),
+        )
+    }
+
+    fn edited(seq: u64, id: u64, content: &str) -> ConversationEvent {
+        event(
+            seq,
+            Kind::MessageEdited(MessageEdited {
+                message_id: id,
+                editor_id: "alice".into(),
+                content: content.into(),
+                edited_at_ms: 2,
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn replaying_a_batch_changes_nothing() {
+        let (_dir, store) = store();
+        let batch = vec![created(1, "one"), created(2, "two"), edited(3, 1, "uno")];
+        store.apply(batch.clone(), Some(3)).await.unwrap();
+        store.apply(batch, Some(3)).await.unwrap();
+        let page = store.history("c1", Window::Newest, 10).await.unwrap();
+        let contents: Vec<_> = page.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["uno", "two"]);
+        assert_eq!(page.messages[0].id, 1);
+        assert_eq!(store.committed_seq().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_older_edit_never_overwrites_a_newer_one() {
+        let (_dir, store) = store();
+        store
+            .apply(vec![created(1, "a"), edited(5, 1, "new")], None)
+            .await
+            .unwrap();
+        store.apply(vec![edited(4, 1, "old")], None).await.unwrap();
+        assert_eq!(store.message(1).await.unwrap().unwrap().content, "new");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_message_is_a_tombstone_that_edits_do_not_revive() {
+        let (_dir, store) = store();
+        let delete = event(
+            2,
+            Kind::MessageDeleted(MessageDeleted {
+                message_id: 1,
+                deleter_id: "alice".into(),
+                deleted_at_ms: 3,
+            }),
+        );
+        store
+            .apply(vec![created(1, "a"), delete, edited(3, 1, "b")], None)
+            .await
+            .unwrap();
+        let message = store.message(1).await.unwrap().unwrap();
+        assert!(message.deleted);
+        assert_eq!(message.content, "");
+    }
+
+    #[tokio::test]
+    async fn windows_page_in_id_order() {
+        let (_dir, store) = store();
+        store
+            .apply((1..=10).map(|i| created(i, &i.to_string())).collect(), None)
+            .await
+            .unwrap();
+        let ids = |p: Page| p.messages.iter().map(|m| m.id).collect::<Vec<_>>();
+        let after = store.history("c1", Window::After(7), 10).await.unwrap();
+        assert!(!after.has_more);
+        assert_eq!(ids(after), [8, 9, 10]);
+        let before = store.history("c1", Window::Before(5), 2).await.unwrap();
+        assert!(before.has_more);
+        assert_eq!(ids(before), [3, 4]);
+        let newest = store.history("c1", Window::Newest, 3).await.unwrap();
+        assert_eq!(ids(newest), [8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn membership_follows_the_newest_change() {
+        let (_dir, store) = store();
+        let conversation = Conversation {
+            id: "c1".into(),
+            title: "t".into(),
+            created_by: "alice".into(),
+            participant_ids: vec!["alice".into(), "bob".into()],
+            ..Default::default()
+        };
+        let create = event(
+            1,
+            Kind::ConversationCreated(ConversationCreated {
+                conversation: Some(conversation),
+                password_hash: None,
+            }),
+        );
+        let removed = |seq| {
+            event(
+                seq,
+                Kind::ParticipantRemoved(ParticipantRemoved {
+                    user_id: "bob".into(),
+                    at_ms: 0,
+                }),
+            )
+        };
+        let added = |seq| {
+            event(
+                seq,
+                Kind::ParticipantAdded(ParticipantAdded {
+                    user_id: "bob".into(),
+                    at_ms: 0,
+                }),
+            )
+        };
+        store
+            .apply(vec![create, removed(2), added(4)], None)
+            .await
+            .unwrap();
+        store.apply(vec![removed(3)], None).await.unwrap();
+        assert_eq!(
+            store.membership("bob", "c1").await.unwrap(),
+            Membership::Active
+        );
+        assert_eq!(
+            store.membership("carol", "c1").await.unwrap(),
+            Membership::Never
+        );
+        assert_eq!(
+            store.membership("bob", "c2").await.unwrap(),
+            Membership::NoConversation
+        );
+        let info = store.conversation("c1").await.unwrap().unwrap();
+        assert_eq!(info.conversation.num_participants, 2);
+        assert_eq!(store.conversations_of("bob", 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_the_data_and_the_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        SqliteStore::open(&path)
+            .unwrap()
+            .apply(vec![created(1, "x")], Some(1))
+            .await
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.committed_seq().await.unwrap(), 1);
+        assert!(store.message(1).await.unwrap().is_some());
+    }
+}

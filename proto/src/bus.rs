@@ -1,0 +1,123 @@
+//! How conversation events travel: durably on the stream, then live on core NATS.
+//!
+//! A publisher first publishes the event to the conversation's stream subject and waits for
+//! JetStream's acknowledgement; the stream sequence becomes the event's `seq`. Only then does it
+//! publish the same event, `seq` filled in, on the conversation's live subject, so nothing is
+//! announced that is not durable. Ephemeral events (typing, receipts) go live only.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::subjects;
+use crate::v1::{ConversationEvent, UserEvent};
+
+/// Failures of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The stream did not take the event (NATS down, stream missing, timeout).
+    #[error("publish to the stream failed: {0}")]
+    Publish(String),
+    /// A core publish could not be queued.
+    #[error("live publish failed: {0}")]
+    Live(String),
+    /// A payload was not a valid event.
+    #[error("undecodable event: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// What the stream said of a durable publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The stream sequence: the event's `seq`.
+    pub seq: u64,
+    /// True when the de-duplication id was seen within the window: `seq` is the first one's.
+    pub duplicate: bool,
+}
+
+/// Sends `event` to its conversation's stream subject and returns the acknowledgement future
+/// without waiting for it. Publishes from one task leave in the order they were made, so awaiting
+/// the futures later keeps a socket's sends in order.
+pub async fn start_durable(
+    js: &jetstream::Context,
+    event: &ConversationEvent,
+    dedup_id: Option<&str>,
+) -> Result<jetstream::context::PublishAckFuture, BusError> {
+    let mut publish = PublishMessage::build().payload(Bytes::from(event.encode_to_vec()));
+    if let Some(id) = dedup_id {
+        publish = publish.message_id(id);
+    }
+    js.send_publish(
+        subjects::conversation_stream(&event.conversation_id),
+        publish,
+    )
+    .await
+    .map_err(|e| BusError::Publish(e.to_string()))
+}
+
+/// Waits for a durable publish's acknowledgement.
+pub async fn finish_durable(ack: jetstream::context::PublishAckFuture) -> Result<Stored, BusError> {
+    let ack = ack.await.map_err(|e| BusError::Publish(e.to_string()))?;
+    Ok(Stored {
+        seq: ack.sequence,
+        duplicate: ack.duplicate,
+    })
+}
+
+/// Publishes `event` (with its `seq`) on its conversation's live subject.
+pub async fn publish_live(
+    client: &async_nats::Client,
+    event: &ConversationEvent,
+) -> Result<(), BusError> {
+    client
+        .publish(
+            subjects::conversation_live(&event.conversation_id),
+            Bytes::from(event.encode_to_vec()),
+        )
+        .await
+        .map_err(|e| BusError::Live(e.to_string()))
+}
+
+/// Publishes an event addressed to one user.
+pub async fn publish_user(client: &async_nats::Client, event: &UserEvent) -> Result<(), BusError> {
+    client
+        .publish(
+            subjects::user_live(&event.user_id),
+            Bytes::from(event.encode_to_vec()),
+        )
+        .await
+        .map_err(|e| BusError::Live(e.to_string()))
+}
+
+/// Durable then live, for a publisher that has nothing else to do meanwhile. Returns the stored
+/// event (its `seq` set); a duplicate is not announced again.
+pub async fn publish(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    mut event: ConversationEvent,
+    dedup_id: Option<&str>,
+) -> Result<(ConversationEvent, Stored), BusError> {
+    let stored = finish_durable(start_durable(js, &event, dedup_id).await?).await?;
+    event.seq = stored.seq;
+    if !stored.duplicate {
+        publish_live(client, &event).await?;
+    }
+    Ok((event, stored))
+}
+
+/// Decodes a stream or live payload; `seq` is taken from the stream when given.
+pub fn decode_event(payload: &[u8], seq: Option<u64>) -> Result<ConversationEvent, BusError> {
+    let mut event = ConversationEvent::decode(payload)?;
+    if let Some(seq) = seq {
+        event.seq = seq;
+    }
+    Ok(event)
+}
+
+/// Headers of a request-reply error.
+pub fn error_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(subjects::rpc::ERROR_HEADER, "1");
+    headers
+}
