@@ -1,4 +1,104 @@
 //! The persistence worker: the only database client.
 //!
-//! - [`store`]: the storage interface and the embedded SQLite store.
+//! It owns the stream's configuration ([`stream`]), consumes the stream into the store in
+//! batches ([`consumer`]), and answers the reads and membership changes that need the store over
+//! NATS request-reply ([`rpc`]). [`store`] is the storage interface with the embedded SQLite
+//! implementation. [`run`] starts all of it, exactly as `main` and the tests do.
+
+pub mod config;
+pub mod consumer;
+mod password;
+pub mod rpc;
 pub mod store;
+pub mod stream;
+
+use std::future::Future;
+
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use store::{StoreError, sqlite::SqliteStore};
+
+/// Failures that stop the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// NATS refused or failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A task of the worker panicked.
+    #[error("worker task failed: {0}")]
+    Task(String),
+    /// The stream is behind the store: a new stream would reuse message ids.
+    #[error(
+        "refusing the stream: its last sequence {last} is behind the store's committed sequence \
+         {committed}, so it would reuse message ids the store already has (restore the stream, or \
+         start with a new store)"
+    )]
+    StreamBehindStore {
+        /// The stream's last sequence.
+        last: u64,
+        /// The store's committed sequence.
+        committed: u64,
+    },
+}
+
+/// Connects to NATS with the worker's options.
+pub async fn connect(nats_url: &str) -> Result<async_nats::Client, WorkerError> {
+    async_nats::ConnectOptions::new()
+        .name("chat-persistence-worker")
+        .retry_on_initial_connect()
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .event_callback(|event| async move { tracing::info!(%event, "nats") })
+        .connect(nats_url)
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))
+}
+
+/// Runs the worker on the embedded store until `shutdown` resolves, then finishes the batch and
+/// the requests under way.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    let store = SqliteStore::open(&config.db_path)?;
+    let client = connect(&config.nats_url).await?;
+    let js = jetstream::new(client.clone());
+    let mut stream = stream::ensure(&js, &config.stream())
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+    consumer::check_stream_position(&mut stream, &store).await?;
+
+    let token = CancellationToken::new();
+    let batching = consumer::Batching {
+        size: usize::from(config.batch_size),
+        wait: config.batch_wait,
+    };
+    let mut consuming = tokio::spawn(consumer::run(
+        stream,
+        store.clone(),
+        batching,
+        token.child_token(),
+    ));
+    let serving = tokio::spawn(
+        rpc::Handlers::new(client.clone(), store)
+            .serve(config.max_concurrent_requests, token.child_token()),
+    );
+    tracing::info!(db = %config.db_path.display(), "worker ready");
+
+    let consumed = tokio::select! {
+        () = shutdown => {
+            token.cancel();
+            (&mut consuming).await
+        }
+        consumed = &mut consuming => {
+            token.cancel();
+            consumed
+        }
+    };
+    if let Ok(Err(error)) = serving.await {
+        tracing::warn!(%error, "request handling ended with an error");
+    }
+    client.flush().await.ok();
+    consumed.map_err(|e| WorkerError::Task(e.to_string()))?
+}

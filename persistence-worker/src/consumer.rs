@@ -1,0 +1,151 @@
+//! The durable consumer: stream → store, in batches, acknowledged only after the commit.
+//!
+//! A batch starts with the first event that arrives and takes what follows within the batch
+//! wait, up to the batch size. It is written in one transaction that also advances the committed
+//! position; only then is each event acknowledged. A failed write is retried (nothing is acked),
+//! so a crash at any point leads to redelivery, which the conditional writes absorb.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use chat_proto::{bus, subjects};
+use futures_util::StreamExt;
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkerError;
+use crate::store::Store;
+
+/// How the consumer batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Most events a batch.
+    pub size: usize,
+    /// How long a batch waits for more after its first event.
+    pub wait: Duration,
+}
+
+/// Refuses a stream whose sequence is behind what the store already holds: a new stream would
+/// hand out message ids that are taken.
+pub async fn check_stream_position<S: Store>(
+    stream: &mut Stream,
+    store: &S,
+) -> Result<(), WorkerError> {
+    let committed = store.committed_seq().await?;
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))?
+        .state
+        .last_sequence;
+    if last < committed {
+        return Err(WorkerError::StreamBehindStore { last, committed });
+    }
+    Ok(())
+}
+
+/// Consumes until `shutdown`.
+pub async fn run<S: Store>(
+    stream: Stream,
+    store: S,
+    batching: Batching,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let committed = store.committed_seq().await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            subjects::WORKER_CONSUMER,
+            pull::Config {
+                durable_name: Some(subjects::WORKER_CONSUMER.to_owned()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: committed + 1,
+                },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: i64::try_from(batching.size * 4).unwrap_or(1024),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+    tracing::info!(committed, "consuming the stream");
+
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let Some(first) = first else {
+            return Err(WorkerError::Nats(
+                "the consumer's message stream ended".into(),
+            ));
+        };
+        let mut batch = match first {
+            Ok(message) => vec![message],
+            Err(error) => {
+                tracing::warn!(%error, "consumer hiccup");
+                continue;
+            }
+        };
+        let deadline = Instant::now() + batching.wait;
+        while batch.len() < batching.size {
+            match timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(message))) => batch.push(message),
+                Ok(Some(Err(error))) => {
+                    tracing::warn!(%error, "consumer hiccup");
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+
+        let mut events = Vec::with_capacity(batch.len());
+        let mut through = 0;
+        for message in &batch {
+            let Ok(info) = message.info() else {
+                tracing::warn!(subject = %message.subject, "a stream message without metadata");
+                continue;
+            };
+            let seq = info.stream_sequence;
+            through = through.max(seq);
+            match bus::decode_event(&message.payload, Some(seq)) {
+                Ok(event) => events.push(event),
+                Err(error) => tracing::error!(seq, %error, "skipping an undecodable event"),
+            }
+        }
+        write_until_committed(&store, events, through, &shutdown).await?;
+        for message in &batch {
+            if let Err(error) = message.ack().await {
+                // Redelivery is harmless: the writes are idempotent.
+                tracing::debug!(%error, "ack failed");
+            }
+        }
+    }
+}
+
+async fn write_until_committed<S: Store>(
+    store: &S,
+    events: Vec<chat_proto::v1::ConversationEvent>,
+    through: u64,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.apply(events.clone(), Some(through)).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::error!(%error, through, "store write failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(WorkerError::Store(error)),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The worker's request-reply API: membership, conversations and history, on `chat.rpc.*`.
+//!
+//! Membership changes are made here: the event is published to the stream (durable), written to
+//! the store at once (so the next membership check sees it), and only then announced live and
+//! answered. Replies stay under the server's payload limit: history pages are cut and say
+//! `has_more`.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use chat_proto::v1::{self, conversation_event::Kind, rpc_error::Code};
+use chat_proto::{bus, subjects, timestamp};
+use futures_util::StreamExt;
+use prost::Message as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::password;
+use crate::store::{Membership, Page, Store, StoreError, Window};
+
+/// Most participants a conversation may be created with.
+pub const MAX_PARTICIPANTS: usize = 1_000;
+/// Most conversations `room:list` returns.
+const MAX_LISTED_CONVERSATIONS: u32 = 500;
+/// Room kept in a reply for its envelope and headers.
+const REPLY_MARGIN: usize = 4 * 1024;
+
+/// Why a request failed; becomes an `RpcError` in [`to_rpc_error`] and nowhere else.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error(transparent)]
+    Decode(#[from] prost::DecodeError),
+}
+
+fn to_rpc_error(failure: &Failure) -> v1::RpcError {
+    let (code, message) = match failure {
+        Failure::NotFound(m) => (Code::NotFound, (*m).to_owned()),
+        Failure::Forbidden(m) => (Code::Forbidden, (*m).to_owned()),
+        Failure::Invalid(m) => (Code::Invalid, m.clone()),
+        Failure::Decode(_) => (Code::Invalid, "malformed request".to_owned()),
+        Failure::Store(_) | Failure::Bus(_) => (Code::Internal, "internal error".to_owned()),
+    };
+    v1::RpcError {
+        code: code.into(),
+        message,
+    }
+}
+
+/// Answers requests with a store.
+pub struct Handlers<S> {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    store: S,
+    max_reply_bytes: usize,
+}
+
+impl<S: Store> Handlers<S> {
+    /// Handlers that answer from `store` and publish membership changes through `client`.
+    pub fn new(client: async_nats::Client, store: S) -> Self {
+        let max_payload = client.server_info().max_payload;
+        Self {
+            js: jetstream::new(client.clone()),
+            client,
+            store,
+            max_reply_bytes: max_payload.saturating_sub(REPLY_MARGIN).max(REPLY_MARGIN),
+        }
+    }
+
+    /// Serves until `shutdown`, at most `max_concurrent` requests at once; waits for the ones
+    /// under way before it returns.
+    pub async fn serve(
+        self,
+        max_concurrent: usize,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        let this = Arc::new(self);
+        let mut requests = this
+            .client
+            .queue_subscribe("chat.rpc.>", subjects::WORKER_QUEUE.to_owned())
+            .await?;
+        let permits = Arc::new(Semaphore::new(max_concurrent));
+        let tracker = TaskTracker::new();
+        loop {
+            let request = tokio::select! {
+                () = shutdown.cancelled() => break,
+                request = requests.next() => request,
+            };
+            let Some(request) = request else { break };
+            let Some(reply_to) = request.reply.clone() else {
+                continue;
+            };
+            let permit = Arc::clone(&permits)
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let this = Arc::clone(&this);
+            tracker.spawn(async move {
+                let _permit = permit;
+                this.answer(&request.subject, &request.payload, reply_to)
+                    .await;
+            });
+        }
+        requests.unsubscribe().await.ok();
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    async fn answer(&self, subject: &str, payload: &[u8], reply_to: async_nats::Subject) {
+        let result = self.dispatch(subject, payload).await;
+        let sent = match result {
+            Ok(reply) => self.client.publish(reply_to, reply).await,
+            Err(failure) => {
+                if matches!(failure, Failure::Store(_) | Failure::Bus(_)) {
+                    tracing::error!(%subject, error = %failure, "request failed");
+                }
+                let error = to_rpc_error(&failure).encode_to_vec();
+                self.client
+                    .publish_with_headers(reply_to, bus::error_headers(), Bytes::from(error))
+                    .await
+            }
+        };
+        if let Err(error) = sent {
+            tracing::debug!(%error, "reply not sent");
+        }
+    }
+
+    async fn dispatch(&self, subject: &str, payload: &[u8]) -> Result<Bytes, Failure> {
+        use subjects::rpc;
+        let reply = match subject {
+            rpc::MEMBERSHIP => {
+                let r = v1::MembershipRequest::decode(payload)?;
+                let membership = self
+                    .store
+                    .membership(&r.user_id, &r.conversation_id)
+                    .await?;
+                v1::MembershipReply {
+                    exists: membership != Membership::NoConversation,
+                    member: membership == Membership::Active,
+                }
+                .encode_to_vec()
+            }
+            rpc::LIST_CONVERSATIONS => {
+                let r = v1::ListConversationsRequest::decode(payload)?;
+                let mut conversations = self
+                    .store
+                    .conversations_of(&r.user_id, MAX_LISTED_CONVERSATIONS)
+                    .await?;
+                let mut size = 0;
+                conversations.retain(|c| {
+                    size += c.encoded_len() + 8;
+                    size <= self.max_reply_bytes
+                });
+                v1::ListConversationsReply { conversations }.encode_to_vec()
+            }
+            rpc::CONVERSATION_INFO => {
+                let r = v1::ConversationInfoRequest::decode(payload)?;
+                let stored = self
+                    .store
+                    .conversation(&r.conversation_id)
+                    .await?
+                    .ok_or(Failure::NotFound("no such conversation"))?;
+                v1::ConversationInfoReply {
+                    conversation: Some(stored.conversation),
+                }
+                .encode_to_vec()
+            }
+            rpc::CREATE_CONVERSATION => {
+                let conversation = self
+                    .create(v1::CreateConversationRequest::decode(payload)?)
+                    .await?;
+                conversation_reply(conversation)
+            }
+            rpc::JOIN_CONVERSATION => {
+                let conversation = self
+                    .join(v1::JoinConversationRequest::decode(payload)?)
+                    .await?;
+                conversation_reply(conversation)
+            }
+            rpc::LEAVE_CONVERSATION => {
+                let conversation = self
+                    .leave(v1::LeaveConversationRequest::decode(payload)?)
+                    .await?;
+                conversation_reply(conversation)
+            }
+            rpc::HISTORY => {
+                let r = v1::HistoryRequest::decode(payload)?;
+                let window = match (r.after_id, r.before_id) {
+                    (Some(after), _) => Window::After(after),
+                    (None, Some(before)) => Window::Before(before),
+                    (None, None) => Window::Newest,
+                };
+                let committed_seq = self.store.committed_seq().await?;
+                let page = self
+                    .store
+                    .history(&r.conversation_id, window, r.limit.min(100))
+                    .await?;
+                let page = fit_page(page, window, self.max_reply_bytes);
+                v1::HistoryReply {
+                    messages: page.messages,
+                    has_more: page.has_more,
+                    committed_seq,
+                }
+                .encode_to_vec()
+            }
+            rpc::GET_MESSAGE => {
+                let r = v1::GetMessageRequest::decode(payload)?;
+                let committed_seq = self.store.committed_seq().await?;
+                v1::GetMessageReply {
+                    message: self.store.message(r.message_id).await?,
+                    committed_seq,
+                }
+                .encode_to_vec()
+            }
+            _ => return Err(Failure::Invalid(format!("unknown request {subject}"))),
+        };
+        Ok(Bytes::from(reply))
+    }
+
+    /// Stores an event durably, applies it to the store, and announces it on the conversation.
+    async fn record(&self, conversation_id: &str, kind: Kind) -> Result<(), Failure> {
+        let mut event = v1::ConversationEvent {
+            seq: 0,
+            conversation_id: conversation_id.to_owned(),
+            kind: Some(kind),
+        };
+        event.seq = bus::finish_durable(bus::start_durable(&self.js, &event, None).await?)
+            .await?
+            .seq;
+        self.store.apply(vec![event.clone()], None).await?;
+        bus::publish_live(&self.client, &event).await?;
+        Ok(())
+    }
+
+    async fn announce(&self, user_id: &str, kind: v1::user_event::Kind) -> Result<(), Failure> {
+        let event = v1::UserEvent {
+            user_id: user_id.to_owned(),
+            kind: Some(kind),
+        };
+        Ok(bus::publish_user(&self.client, &event).await?)
+    }
+
+    async fn load(&self, conversation_id: &str) -> Result<v1::Conversation, Failure> {
+        Ok(self
+            .store
+            .conversation(conversation_id)
+            .await?
+            .ok_or(Failure::NotFound("no such conversation"))?
+            .conversation)
+    }
+
+    async fn create(&self, r: v1::CreateConversationRequest) -> Result<v1::Conversation, Failure> {
+        let mut participant_ids = vec![r.creator_id.clone()];
+        for id in r.participant_ids {
+            if !participant_ids.contains(&id) {
+                participant_ids.push(id);
+            }
+        }
+        if participant_ids.len() > MAX_PARTICIPANTS {
+            return Err(Failure::Invalid(format!(
+                "at most {MAX_PARTICIPANTS} participants"
+            )));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let conversation = v1::Conversation {
+            id: id.clone(),
+            title: r.title,
+            private: r.private,
+            created_by: r.creator_id,
+            created_at_ms: timestamp::now_ms(),
+            num_participants: u32::try_from(participant_ids.len()).unwrap_or(u32::MAX),
+            participant_ids,
+        };
+        let created = v1::ConversationCreated {
+            conversation: Some(conversation.clone()),
+            password_hash: r.password.as_deref().map(password::hash),
+        };
+        self.record(&id, Kind::ConversationCreated(created)).await?;
+        let conversation = self.load(&id).await?;
+        for user_id in &conversation.participant_ids {
+            let joined = v1::ConversationJoined {
+                conversation: Some(conversation.clone()),
+                created: true,
+            };
+            self.announce(user_id, v1::user_event::Kind::Joined(joined))
+                .await?;
+        }
+        Ok(conversation)
+    }
+
+    async fn join(&self, r: v1::JoinConversationRequest) -> Result<v1::Conversation, Failure> {
+        let stored = self
+            .store
+            .conversation(&r.conversation_id)
+            .await?
+            .ok_or(Failure::NotFound("no such conversation"))?;
+        match self
+            .store
+            .membership(&r.user_id, &r.conversation_id)
+            .await?
+        {
+            Membership::Active => return Ok(stored.conversation),
+            Membership::Left => {}
+            Membership::Never | Membership::NoConversation => {
+                if stored.conversation.private {
+                    return Err(Failure::Forbidden("this conversation is private"));
+                }
+                if let Some(hash) = &stored.password_hash {
+                    let given = r.password.as_deref().unwrap_or_default();
+                    if !password::verify(given, hash) {
+                        return Err(Failure::Forbidden("wrong password"));
+                    }
+                }
+            }
+        }
+        let added = v1::ParticipantAdded {
+            user_id: r.user_id.clone(),
+            at_ms: timestamp::now_ms(),
+        };
+        self.record(&r.conversation_id, Kind::ParticipantAdded(added))
+            .await?;
+        let conversation = self.load(&r.conversation_id).await?;
+        let joined = v1::ConversationJoined {
+            conversation: Some(conversation.clone()),
+            created: false,
+        };
+        self.announce(&r.user_id, v1::user_event::Kind::Joined(joined))
+            .await?;
+        Ok(conversation)
+    }
+
+    async fn leave(&self, r: v1::LeaveConversationRequest) -> Result<v1::Conversation, Failure> {
+        if self
+            .store
+            .membership(&r.user_id, &r.conversation_id)
+            .await?
+            != Membership::Active
+        {
+            return Err(Failure::NotFound("not a member of this conversation"));
+        }
+        let removed = v1::ParticipantRemoved {
+            user_id: r.user_id.clone(),
+            at_ms: timestamp::now_ms(),
+        };
+        self.record(&r.conversation_id, Kind::ParticipantRemoved(removed))
+            .await?;
+        let gone = v1::ConversationRemoved {
+            conversation_id: r.conversation_id.clone(),
+        };
+        self.announce(&r.user_id, v1::user_event::Kind::Removed(gone))
+            .await?;
+        self.load(&r.conversation_id).await
+    }
+}
+
+fn conversation_reply(conversation: v1::Conversation) -> Vec<u8> {
+    v1::ConversationReply {
+        conversation: Some(conversation),
+    }
+    .encode_to_vec()
+}
+
+/// Cuts a page to `budget` encoded bytes, keeping the messages nearest the window's anchor.
+fn fit_page(mut page: Page, window: Window, budget: usize) -> Page {
+    let mut size = 0;
+    let fits = |m: &v1::ChatMessage, size: &mut usize| {
+        *size += m.encoded_len() + 8;
+        *size <= budget
+    };
+    let keep = match window {
+        Window::After(_) => page
+            .messages
+            .iter()
+            .take_while(|m| fits(m, &mut size))
+            .count(),
+        Window::Before(_) | Window::Newest => page
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| fits(m, &mut size))
+            .count(),
+    };
+    if keep < page.messages.len() {
+        page.has_more = true;
+        match window {
+            Window::After(_) => page.messages.truncate(keep),
+            Window::Before(_) | Window::Newest => {
+                page.messages.drain(..page.messages.len() - keep);
+            }
+        }
+    }
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(n: u64) -> Page {
+        Page {
+            messages: (1..=n)
+                .map(|id| v1::ChatMessage {
+                    id,
+                    content: "x".repeat(1000),
+                    ..Default::default()
+                })
+                .collect(),
+            has_more: false,
+        }
+    }
+
+    #[test]
+    fn a_page_over_budget_keeps_the_messages_nearest_its_anchor() {
+        let after = fit_page(page(10), Window::After(0), 3_100);
+        assert_eq!(
+            after.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert!(after.has_more);
+        let newest = fit_page(page(10), Window::Newest, 3_100);
+        assert_eq!(
+            newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [8, 9, 10]
+        );
+        assert!(!fit_page(page(2), Window::Newest, 3_100).has_more);
+    }
+}
