@@ -1,1 +1,235 @@
+//! The chat gateway: the edge of the product.
+//!
+//! It terminates client WebSockets ([`session`]), checks tokens ([`auth`]) and origins, speaks
+//! the client protocol v1, and holds no state that must survive it. Messages go durably through
+//! the JetStream stream and live through core NATS ([`chat_proto::bus`]); the node subscribes to a
+//! conversation once, whatever its number of local members, and fans out locally ([`hub`]). Reads
+//! come from the persistence worker ([`worker`]) completed from the stream ([`history`]).
+//! Membership look-ups are cached (moka), invalidated by bus events and flushed after a
+//! reconnection. [`admin`] serves health, readiness and metrics. [`run`] starts it all, exactly
+//! as `main` and the tests do.
 
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod history;
+pub mod hub;
+pub mod session;
+pub mod validation;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chat_proto::subjects;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, Settings};
+use history::StreamReader;
+use hub::{BusSignal, Hub, MembershipCache};
+use validation::ContentLimits;
+use worker::WorkerClient;
+
+/// Failures that stop the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// NATS could not be reached or refused.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// What every connection of the node shares.
+pub struct Shared {
+    /// The checked settings.
+    pub settings: Settings,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    reader: StreamReader,
+    worker: WorkerClient,
+    hub: Hub,
+    membership: MembershipCache,
+    limits: ContentLimits,
+    ws_config: WebSocketConfig,
+    next_socket_id: AtomicU64,
+    connections: Arc<Semaphore>,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    fn num_connections(&self) -> usize {
+        self.settings.config.max_connections - self.connections.available_permits()
+    }
+}
+
+/// A handle on the node; a cheap `Clone`.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Why the node should not get traffic now, if it should not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return Some("draining");
+        }
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Some("nats disconnected");
+        }
+        None
+    }
+}
+
+fn ws_config(config: &Config) -> WebSocketConfig {
+    // Small buffers: tungstenite zero-fills its read buffer on every read, and both are per
+    // connection. Frames are batched by the writer and flushed once per batch.
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.max_transport_bytes * 2)
+        .max_message_size(Some(config.max_transport_bytes))
+        .max_frame_size(Some(config.max_transport_bytes))
+}
+
+/// Runs a gateway on `listener` (WebSockets) and `admin` (health) until `shutdown` resolves;
+/// then tells every client to reconnect elsewhere and waits for them within the grace period.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let config = settings.config.clone();
+    let (signals_tx, signals) = mpsc::channel(64);
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("chat-gateway {}", settings.node_id))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(config.request_timeout))
+        .event_callback(move |event| {
+            let signals = signals_tx.clone();
+            async move {
+                let signal = match event {
+                    async_nats::Event::Connected => Some(BusSignal::Connected),
+                    async_nats::Event::Disconnected => Some(BusSignal::Disconnected),
+                    async_nats::Event::SlowConsumer(_) => Some(BusSignal::SlowConsumer),
+                    _ => None,
+                };
+                tracing::info!(%event, "nats");
+                if let Some(signal) = signal {
+                    // A full queue already holds a signal that triggers the same fill.
+                    let _ = signals.try_send(signal);
+                }
+            }
+        })
+        .connect(&config.nats_url)
+        .await
+        .map_err(|e| GatewayError::Nats(e.to_string()))?;
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(config.request_timeout);
+    let stream = js
+        .get_stream_no_info(subjects::STREAM)
+        .await
+        .map_err(|e| GatewayError::Nats(e.to_string()))?;
+    let reader = StreamReader::new(stream);
+    let worker = WorkerClient::new(client.clone(), config.request_timeout);
+    let membership: MembershipCache = moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(config.cache_ttl)
+        .build();
+    let root = CancellationToken::new();
+    let hub = Hub::new(
+        client.clone(),
+        reader.clone(),
+        worker.clone(),
+        membership.clone(),
+        root.child_token(),
+    );
+    hub.start(signals)
+        .await
+        .map_err(|e| GatewayError::Nats(e.to_string()))?;
+
+    let gateway = Gateway {
+        shared: Arc::new(Shared {
+            limits: ContentLimits {
+                max_content_chars: config.max_content_chars,
+                max_attachments: config.max_attachments,
+                max_metadata_bytes: config.max_metadata_bytes,
+                max_metadata_depth: config.max_metadata_depth,
+            },
+            ws_config: ws_config(&config),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            settings,
+            client: client.clone(),
+            js,
+            reader,
+            worker,
+            hub: hub.clone(),
+            membership,
+            next_socket_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        }),
+    };
+
+    let admin_token = root.child_token();
+    let admin_task = tokio::spawn(admin::serve(admin, gateway.clone(), admin_token.clone()));
+    let sessions = root.child_token();
+    let tracker = TaskTracker::new();
+    tracing::info!(
+        node_id = %gateway.shared.settings.node_id,
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "gateway ready"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let permit = Arc::clone(&gateway.shared.connections)
+                    .try_acquire_owned()
+                    .ok();
+                tracker.spawn(session::serve(
+                    gateway.clone(),
+                    stream,
+                    peer,
+                    permit,
+                    sessions.child_token(),
+                ));
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    tracing::info!("draining");
+    gateway.shared.draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    sessions.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period");
+    }
+    hub.stop().await;
+    admin_token.cancel();
+    let _ = admin_task.await;
+    let _ = client.flush().await;
+    Ok(())
+}

@@ -1,1 +1,82 @@
-fn main() {}
+//! `chat-gateway`: see the library for what it does.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chat_gateway::config::{Cli, Command};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.config.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    if let Some(Command::DevToken { user, ttl, role }) = &cli.command {
+        let Some(secret) = &cli.config.jwt_secret else {
+            eprintln!("dev-token needs --jwt-secret (or CHAT_JWT_SECRET)");
+            return ExitCode::from(64);
+        };
+        println!(
+            "{}",
+            chat_gateway::auth::mint_hs256(secret.as_bytes(), user, *ttl, role.as_deref())
+        );
+        return ExitCode::SUCCESS;
+    }
+    let settings = match cli.config.validate() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(64);
+        }
+    };
+    match serve(settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: chat_gateway::Settings) -> anyhow::Result<()> {
+    let listen = settings.config.listen;
+    let admin_listen = settings.config.admin_listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("failed to bind {listen}"))?;
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("failed to bind the admin port {admin_listen}"))?;
+    tracing::info!(ws = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
+    chat_gateway::run(settings, listener, admin, shutdown_signal())
+        .await
+        .context("the gateway stopped")
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use chat_proto::client::{MAX_PARTICIPANTS, SYNC_LIMIT};
 use chat_proto::v1::{self, conversation_event::Kind, rpc_error::Code};
 use chat_proto::{bus, subjects, timestamp};
 use futures_util::StreamExt;
@@ -20,8 +21,6 @@ use tokio_util::task::TaskTracker;
 use crate::password;
 use crate::store::{Membership, Page, Store, StoreError, Window};
 
-/// Most participants a conversation may be created with.
-pub const MAX_PARTICIPANTS: usize = 1_000;
 /// Most conversations `room:list` returns.
 const MAX_LISTED_CONVERSATIONS: u32 = 500;
 /// Room kept in a reply for its envelope and headers.
@@ -205,7 +204,7 @@ impl<S: Store> Handlers<S> {
                 let committed_seq = self.store.committed_seq().await?;
                 let page = self
                     .store
-                    .history(&r.conversation_id, window, r.limit.min(100))
+                    .history(&r.conversation_id, window, r.limit.min(SYNC_LIMIT.1))
                     .await?;
                 let page = fit_page(page, window, self.max_reply_bytes);
                 v1::HistoryReply {

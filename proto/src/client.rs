@@ -15,6 +15,12 @@ use crate::v1;
 pub const SUBPROTOCOL: &str = "chat.v1.json";
 /// The only `version` a client frame may carry.
 pub const VERSION: &str = "1";
+/// Most participants a conversation may be created with.
+pub const MAX_PARTICIPANTS: usize = 1_000;
+/// Most characters of a `requestId`.
+pub const MAX_REQUEST_ID_CHARS: usize = 64;
+/// `messages:sync` page size when none is asked for, and the largest.
+pub const SYNC_LIMIT: (u32, u32) = (50, 100);
 
 /// Error codes of `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,6 +198,16 @@ pub struct JoinData {
 pub struct ConversationRef {
     /// The conversation.
     pub conversation_id: String,
+}
+
+/// `message:delivered` and `message:read` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptData {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The message.
+    pub message_id: u64,
 }
 
 /// A message as clients see it.

@@ -1,0 +1,328 @@
+//! The gateway's configuration, from flags and environment variables. Parsing binds nothing;
+//! [`Config::validate`] turns the raw options into the checked [`Settings`] the gateway runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{KeySpec, Verifier};
+
+/// The chat gateway: terminates client WebSockets on `/ws`, verifies JWTs and origins, and speaks
+/// the client protocol v1 over NATS (JetStream for messages) and the persistence worker.
+#[derive(Debug, Parser)]
+#[command(name = "chat-gateway", version)]
+pub struct Cli {
+    /// What to do; serving is the default.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serving options.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a development token signed with the HS256 secret (`--jwt-secret`).
+    DevToken {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// A `role` claim.
+        #[arg(long)]
+        role: Option<String>,
+    },
+}
+
+/// Serving options.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the WebSocket listener (`/ws`).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (`/healthz`, `/readyz`).
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
+    pub admin_listen: SocketAddr,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "CHAT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// A name for this node in logs (defaults to a random one).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Key id (`kid`) of the HS256 secret, when tokens name one.
+    #[arg(long, env = "CHAT_JWT_SECRET_KID")]
+    pub jwt_secret_kid: Option<String>,
+
+    /// A public key for client tokens, `[KID=]ALG:PEM_PATH` with ALG `RS256` or `ES256`;
+    /// repeatable (comma-separated in the environment).
+    #[arg(
+        long = "jwt-public-key",
+        env = "CHAT_JWT_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    pub jwt_public_keys: Vec<String>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "CHAT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for `exp` and `nbf`.
+    #[arg(long, env = "CHAT_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Browser origins allowed to connect (comma-separated), `*` for any. Requests without an
+    /// `Origin` header (not browsers) are always allowed; by default no browser origin is.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most connections this node holds; more are refused with HTTP 503.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest message a client may send, after reassembly (larger: PROTOCOL_ERROR).
+    #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Transport cap: a message over it closes the connection with 1009.
+    #[arg(long, env = "CHAT_MAX_TRANSPORT_BYTES", default_value_t = 256 * 1024)]
+    pub max_transport_bytes: usize,
+
+    /// Most frames queued for one socket. A message that does not fit closes it with 4503.
+    #[arg(long, env = "CHAT_OUTBOX_FRAMES", default_value_t = 256)]
+    pub outbox_frames: usize,
+
+    /// Most `message:send` requests of one socket awaiting the stream's acknowledgement.
+    #[arg(long, env = "CHAT_MAX_PENDING_SENDS", default_value_t = 32)]
+    pub max_pending_sends: usize,
+
+    /// Most characters of a message's `content`.
+    #[arg(long, env = "CHAT_MAX_CONTENT_CHARS", default_value_t = 5_000)]
+    pub max_content_chars: usize,
+
+    /// Most attachments of a message.
+    #[arg(long, env = "CHAT_MAX_ATTACHMENTS", default_value_t = 10)]
+    pub max_attachments: usize,
+
+    /// Most bytes of a message's `metadata` (as JSON).
+    #[arg(long, env = "CHAT_MAX_METADATA_BYTES", default_value_t = 4 * 1024)]
+    pub max_metadata_bytes: usize,
+
+    /// Deepest nesting of a message's `metadata`.
+    #[arg(long, env = "CHAT_MAX_METADATA_DEPTH", default_value_t = 8)]
+    pub max_metadata_depth: usize,
+
+    /// How long a client has to send `auth` when it did not authenticate on upgrade.
+    #[arg(long, env = "CHAT_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Interval of protocol pings.
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A connection silent for this long (no frame, no pong) is closed.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a request to the persistence worker may take.
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// How long membership and conversation look-ups are cached.
+    #[arg(long, env = "CHAT_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// How long shutdown waits for connections to close.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Write logs as JSON lines.
+    #[arg(long, env = "CHAT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No key to verify tokens with.
+    #[error("no token key: give --jwt-secret or --jwt-public-key")]
+    NoKeys,
+    /// A key was malformed or unreadable.
+    #[error("bad key {spec}: {reason}")]
+    BadKey {
+        /// The option as given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Limits that cannot hold together.
+    #[error("{0}")]
+    Inconsistent(&'static str),
+}
+
+/// The origins that may connect.
+#[derive(Debug, Clone)]
+pub enum Origins {
+    /// Any origin.
+    Any,
+    /// Exactly these (lower case, no trailing slash).
+    Only(Vec<String>),
+}
+
+impl Origins {
+    /// Whether a request with this `Origin` header may connect.
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only(list) => {
+                let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+                list.contains(&origin)
+            }
+        }
+    }
+}
+
+/// The checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The raw options.
+    pub config: Config,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Allowed origins.
+    pub origins: Origins,
+    /// This node's name.
+    pub node_id: String,
+}
+
+impl Config {
+    /// Checks the options and loads the keys; no socket is touched.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &self.jwt_secret {
+            keys.push(KeySpec::hs256(
+                self.jwt_secret_kid.clone(),
+                secret.as_bytes(),
+            ));
+        }
+        for spec in &self.jwt_public_keys {
+            keys.push(
+                KeySpec::parse_public(spec).map_err(|reason| ConfigError::BadKey {
+                    spec: spec.clone(),
+                    reason,
+                })?,
+            );
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::NoKeys);
+        }
+        if self.max_message_bytes > self.max_transport_bytes {
+            return Err(ConfigError::Inconsistent(
+                "--max-message-bytes must not exceed --max-transport-bytes",
+            ));
+        }
+        if self.outbox_frames == 0 || self.max_pending_sends == 0 || self.max_connections == 0 {
+            return Err(ConfigError::Inconsistent(
+                "--outbox-frames, --max-pending-sends and --max-connections must be positive",
+            ));
+        }
+        let origins = if self.allowed_origins.iter().any(|o| o == "*") {
+            Origins::Any
+        } else {
+            Origins::Only(
+                self.allowed_origins
+                    .iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            )
+        };
+        let verifier = Verifier::new(
+            keys,
+            self.jwt_leeway,
+            self.jwt_issuer.clone(),
+            self.jwt_audience.clone(),
+        );
+        let node_id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        Ok(Settings {
+            config: self,
+            verifier,
+            origins,
+            node_id,
+        })
+    }
+}
+
+/// A PEM file's contents, for [`KeySpec::parse_public`].
+pub(crate) fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(PathBuf::from(path)).map_err(|e| format!("cannot read {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["chat-gateway"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("the flags parse")
+            .config
+            .validate()
+    }
+
+    #[test]
+    fn a_key_is_required() {
+        assert!(matches!(parse(&[]), Err(ConfigError::NoKeys)));
+        assert!(parse(&["--jwt-secret", "s3cret"]).is_ok());
+    }
+
+    #[test]
+    fn a_missing_public_key_file_is_named() {
+        let error = parse(&["--jwt-public-key", "k1=RS256:/nonexistent.pem"]).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent.pem"), "{error}");
+        let error = parse(&["--jwt-public-key", "HS512:/x"]).unwrap_err();
+        assert!(error.to_string().contains("RS256 or ES256"), "{error}");
+    }
+
+    #[test]
+    fn origins_are_an_allowlist_unless_any() {
+        let settings = parse(&[
+            "--jwt-secret",
+            "s",
+            "--allowed-origins",
+            "https://App.example/",
+        ])
+        .unwrap();
+        assert!(settings.origins.allows("https://app.example"));
+        assert!(!settings.origins.allows("https://evil.example"));
+        let none = parse(&["--jwt-secret", "s"]).unwrap();
+        assert!(!none.origins.allows("https://app.example"));
+        let any = parse(&["--jwt-secret", "s", "--allowed-origins", "*"]).unwrap();
+        assert!(any.origins.allows("https://whatever.example"));
+    }
+
+    #[test]
+    fn the_message_limit_fits_the_transport_cap() {
+        assert!(parse(&["--jwt-secret", "s", "--max-message-bytes", "300000"]).is_err());
+    }
+}

@@ -1,0 +1,767 @@
+//! The node's fan-out: one NATS subscription per conversation with local members, shared by all
+//! of them, and the index of local sockets by user.
+//!
+//! A conversation's subscription is owned by its room task, started by the first local member's
+//! join and cancelled when the last one leaves. The task decodes each event once, serializes its
+//! push once, and hands the same bytes to every local member's outbox. A push that carries a
+//! message and does not fit an outbox evicts that socket (close 4503, the client resumes);
+//! ephemeral pushes (typing, receipts) are dropped and counted instead.
+//!
+//! Core NATS may lose events for the node: a slow-consumer drop, or a disconnection. Either
+//! triggers a fill: every room reads from the stream the events after the last it knows it has
+//! delivered, and delivers those it did not (each room remembers the recent sequences it
+//! delivered, so nothing is delivered twice).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_proto::client::{self, ConversationJson, Delivery, close};
+use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind, user_event};
+use chat_proto::{bus, subjects};
+use futures_util::StreamExt;
+use moka::sync::Cache;
+use prost::Message as _;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::RequestError;
+use crate::history::StreamReader;
+use crate::worker::WorkerClient;
+
+/// How far below the node's highest known sequence a fill reaches for quiet rooms: events in
+/// flight when a loss began (published by other nodes but not yet delivered) are within it.
+const FILL_SLACK: u64 = 16_384;
+/// Most events one room fills at once; a larger gap evicts its members so they resume.
+const MAX_FILL_EVENTS: usize = 5_000;
+/// Recent sequences a room remembers to drop duplicates.
+const RECENT_SEQS: usize = 1_024;
+/// How long a join waits for the conversation's subscription.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A socket's id, unique within the node.
+pub type SocketId = u64;
+
+/// What a socket's writer sends.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A text frame.
+    Text(Utf8Bytes),
+    /// A protocol ping.
+    Ping,
+    /// A close frame, then the end.
+    Close(u16, &'static str),
+}
+
+/// A live socket as the hub sees it: its outbox and its eviction switch; a cheap `Clone`.
+#[derive(Clone, Debug)]
+pub struct SocketHandle {
+    /// The socket's id.
+    pub id: SocketId,
+    /// Its user.
+    pub user_id: Arc<str>,
+    outbox: mpsc::Sender<Outbound>,
+    eviction: Arc<Eviction>,
+}
+
+/// Ends a socket from outside its task, with a close code.
+#[derive(Debug, Default)]
+pub struct Eviction {
+    token: CancellationToken,
+    code: AtomicU16,
+}
+
+impl Eviction {
+    /// Evicts with `code`; the first code wins.
+    pub fn evict(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    /// Resolves once evicted.
+    pub async fn evicted(&self) -> u16 {
+        self.token.cancelled().await;
+        self.code.load(Ordering::Acquire)
+    }
+}
+
+impl SocketHandle {
+    /// A handle over a socket's outbox and eviction switch.
+    pub fn new(
+        id: SocketId,
+        user_id: Arc<str>,
+        outbox: mpsc::Sender<Outbound>,
+        eviction: Arc<Eviction>,
+    ) -> Self {
+        Self {
+            id,
+            user_id,
+            outbox,
+            eviction,
+        }
+    }
+
+    /// Queues a push without waiting; see the module documentation for a full outbox.
+    pub fn push(&self, frame: &Utf8Bytes, delivery: Delivery, stats: &Stats) {
+        match self.outbox.try_send(Outbound::Text(frame.clone())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => match delivery {
+                Delivery::Ephemeral => {
+                    stats.num_dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
+                }
+                Delivery::Durable => {
+                    stats.num_evicted_slow.fetch_add(1, Ordering::Relaxed);
+                    self.eviction.evict(close::TOO_SLOW);
+                }
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Counters of the hub.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Ephemeral pushes dropped for full outboxes.
+    pub num_dropped_ephemeral: AtomicU64,
+    /// Sockets evicted because a message did not fit their outbox.
+    pub num_evicted_slow: AtomicU64,
+    /// Events delivered by fills after a loss.
+    pub num_filled: AtomicU64,
+    /// Fills run.
+    pub num_fills: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subscription {
+    Pending,
+    Live,
+    Failed,
+}
+
+struct Room {
+    members: Mutex<HashMap<SocketId, SocketHandle>>,
+    refill: Notify,
+    cancel: CancellationToken,
+    state: watch::Receiver<Subscription>,
+}
+
+impl Room {
+    fn deliver(
+        &self,
+        frame: &Utf8Bytes,
+        delivery: Delivery,
+        skip_user: Option<&str>,
+        stats: &Stats,
+    ) {
+        let members = self.members.lock().expect("room lock poisoned");
+        for socket in members.values() {
+            if skip_user.is_some_and(|u| *u == *socket.user_id) {
+                continue;
+            }
+            socket.push(frame, delivery, stats);
+        }
+    }
+
+    fn evict_all(&self, code: u16) {
+        for socket in self.members.lock().expect("room lock poisoned").values() {
+            socket.eviction.evict(code);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    rooms: HashMap<Arc<str>, Arc<Room>>,
+    users: HashMap<Arc<str>, HashMap<SocketId, SocketHandle>>,
+    socket_rooms: HashMap<SocketId, HashSet<Arc<str>>>,
+}
+
+/// Membership look-ups cached by (user, conversation).
+pub type MembershipCache = Cache<(Arc<str>, Arc<str>), bool>;
+
+struct Inner {
+    client: async_nats::Client,
+    reader: StreamReader,
+    worker: WorkerClient,
+    membership: MembershipCache,
+    registry: Mutex<Registry>,
+    /// The highest stream sequence this node has seen.
+    hwm: AtomicU64,
+    /// `hwm` when the last loss was noticed.
+    loss_floor: AtomicU64,
+    stats: Stats,
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The node's fan-out; a cheap `Clone`.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// What NATS tells the hub about the connection.
+#[derive(Debug, Clone, Copy)]
+pub enum BusSignal {
+    /// The connection dropped: what is published now is lost to this node.
+    Disconnected,
+    /// The connection is back.
+    Connected,
+    /// The client dropped messages of a subscription whose buffer was full.
+    SlowConsumer,
+}
+
+impl Hub {
+    /// A hub over `client`; its tasks end when `token` is cancelled.
+    pub fn new(
+        client: async_nats::Client,
+        reader: StreamReader,
+        worker: WorkerClient,
+        membership: MembershipCache,
+        token: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                reader,
+                worker,
+                membership,
+                registry: Mutex::default(),
+                hwm: AtomicU64::new(0),
+                loss_floor: AtomicU64::new(0),
+                stats: Stats::default(),
+                token,
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Notes a stream sequence this node has seen (its own publishes' acks).
+    pub fn observe(&self, seq: u64) {
+        self.inner.hwm.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Starts the node-level tasks: user events, and loss handling from `signals`.
+    pub async fn start(
+        &self,
+        mut signals: mpsc::Receiver<BusSignal>,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let mut user_events = self
+            .inner
+            .client
+            .subscribe(subjects::ALL_USERS_LIVE)
+            .await?;
+        let hub = self.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = hub.inner.token.cancelled() => break,
+                    message = user_events.next() => message,
+                };
+                let Some(message) = message else { break };
+                match v1::UserEvent::decode(message.payload) {
+                    Ok(event) => hub.on_user_event(event).await,
+                    Err(error) => tracing::warn!(%error, "undecodable user event"),
+                }
+            }
+        });
+        let hub = self.clone();
+        self.inner.tracker.spawn(async move {
+            let mut disconnected = false;
+            loop {
+                let signal = tokio::select! {
+                    () = hub.inner.token.cancelled() => break,
+                    signal = signals.recv() => signal,
+                };
+                let Some(signal) = signal else { break };
+                match signal {
+                    BusSignal::Disconnected => {
+                        disconnected = true;
+                        hub.note_loss();
+                    }
+                    BusSignal::SlowConsumer => {
+                        hub.note_loss();
+                        hub.refill_all();
+                    }
+                    BusSignal::Connected if disconnected => {
+                        disconnected = false;
+                        hub.inner.membership.invalidate_all();
+                        hub.refill_all();
+                        hub.resync_users().await;
+                    }
+                    BusSignal::Connected => {}
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops the hub's tasks and waits for them.
+    pub async fn stop(&self) {
+        self.inner.token.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    fn note_loss(&self) {
+        let hwm = self.inner.hwm.load(Ordering::Relaxed);
+        self.inner.loss_floor.store(hwm, Ordering::Relaxed);
+        tracing::warn!(
+            hwm,
+            "events may have been lost on the bus; filling from the stream"
+        );
+    }
+
+    fn refill_all(&self) {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        for room in registry.rooms.values() {
+            room.refill.notify_one();
+        }
+    }
+
+    /// Registers a socket under its user.
+    pub fn register(&self, socket: &SocketHandle) {
+        let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry
+            .users
+            .entry(Arc::clone(&socket.user_id))
+            .or_default()
+            .insert(socket.id, socket.clone());
+        registry.socket_rooms.entry(socket.id).or_default();
+    }
+
+    /// Removes a socket from its rooms and its user.
+    pub fn unregister(&self, socket: &SocketHandle) {
+        let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+        let rooms = registry.socket_rooms.remove(&socket.id).unwrap_or_default();
+        for conversation_id in rooms {
+            leave_room(&mut registry, &conversation_id, socket.id);
+        }
+        if let Some(sockets) = registry.users.get_mut(&socket.user_id) {
+            sockets.remove(&socket.id);
+            if sockets.is_empty() {
+                registry.users.remove(&socket.user_id);
+            }
+        }
+    }
+
+    /// The conversations a socket is in.
+    pub fn rooms_of(&self, socket_id: SocketId) -> Vec<Arc<str>> {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry
+            .socket_rooms
+            .get(&socket_id)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many conversation subscriptions the node holds.
+    pub fn num_subscriptions(&self) -> usize {
+        self.inner
+            .registry
+            .lock()
+            .expect("registry lock poisoned")
+            .rooms
+            .len()
+    }
+
+    /// Joins a socket to a conversation; returns once the node's subscription is live, so that
+    /// every event published after the join reaches the socket.
+    pub async fn join(
+        &self,
+        socket: &SocketHandle,
+        conversation_id: &str,
+    ) -> Result<(), RequestError> {
+        let mut state = {
+            let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+            let Some(rooms) = registry.socket_rooms.get_mut(&socket.id) else {
+                return Ok(()); // The socket is gone.
+            };
+            let conversation_id: Arc<str> = conversation_id.into();
+            rooms.insert(Arc::clone(&conversation_id));
+            let room = match registry.rooms.get(&conversation_id) {
+                Some(room) => Arc::clone(room),
+                None => {
+                    let room = self.spawn_room(Arc::clone(&conversation_id));
+                    registry.rooms.insert(conversation_id, Arc::clone(&room));
+                    room
+                }
+            };
+            room.members
+                .lock()
+                .expect("room lock poisoned")
+                .insert(socket.id, socket.clone());
+            room.state.clone()
+        };
+        let live = tokio::time::timeout(
+            JOIN_TIMEOUT,
+            state.wait_for(|s| *s != Subscription::Pending),
+        )
+        .await;
+        if matches!(live, Ok(Ok(s)) if *s == Subscription::Live) {
+            return Ok(());
+        }
+        self.leave(socket.id, conversation_id);
+        Err(RequestError::unavailable())
+    }
+
+    /// Takes a socket out of a conversation; the last local member's leave ends the subscription.
+    pub fn leave(&self, socket_id: SocketId, conversation_id: &str) {
+        let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+        if let Some(rooms) = registry.socket_rooms.get_mut(&socket_id) {
+            rooms.remove(conversation_id);
+        }
+        leave_room(&mut registry, conversation_id, socket_id);
+    }
+
+    fn spawn_room(&self, conversation_id: Arc<str>) -> Arc<Room> {
+        let (state_tx, state) = watch::channel(Subscription::Pending);
+        let room = Arc::new(Room {
+            members: Mutex::default(),
+            refill: Notify::new(),
+            cancel: self.inner.token.child_token(),
+            state,
+        });
+        let hub = self.clone();
+        let task_room = Arc::clone(&room);
+        self.inner
+            .tracker
+            .spawn(async move { hub.run_room(conversation_id, task_room, state_tx).await });
+        room
+    }
+
+    async fn run_room(
+        &self,
+        conversation_id: Arc<str>,
+        room: Arc<Room>,
+        state: watch::Sender<Subscription>,
+    ) {
+        let subject = subjects::conversation_live(&conversation_id);
+        let subscribed = tokio::select! {
+            () = room.cancel.cancelled() => return,
+            subscribed = async {
+                let subscriber = self.inner.client.subscribe(subject).await.ok()?;
+                // The server has the subscription once a flush returns.
+                self.inner.client.flush().await.ok()?;
+                Some(subscriber)
+            } => subscribed,
+        };
+        let Some(mut subscriber) = subscribed else {
+            let _ = state.send(Subscription::Failed);
+            self.remove_room(&conversation_id, &room);
+            return;
+        };
+        let mut seen = SeenSeqs::new(self.inner.hwm.load(Ordering::Relaxed));
+        let _ = state.send(Subscription::Live);
+        loop {
+            tokio::select! {
+                biased;
+                () = room.cancel.cancelled() => break,
+                () = room.refill.notified() => self.fill(&conversation_id, &room, &mut seen).await,
+                message = subscriber.next() => {
+                    let Some(message) = message else { break };
+                    match bus::decode_event(&message.payload, None) {
+                        Ok(event) if *event.conversation_id == *conversation_id => {
+                            self.dispatch(&room, &mut seen, event);
+                        }
+                        Ok(_) => tracing::warn!("an event on another conversation's subject"),
+                        Err(error) => tracing::warn!(%error, "undecodable live event"),
+                    }
+                }
+            }
+        }
+        // Dropping the subscriber unsubscribes.
+    }
+
+    fn remove_room(&self, conversation_id: &str, room: &Arc<Room>) {
+        let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+        if registry
+            .rooms
+            .get(conversation_id)
+            .is_some_and(|r| Arc::ptr_eq(r, room))
+        {
+            registry.rooms.remove(conversation_id);
+        }
+    }
+
+    fn dispatch(&self, room: &Room, seen: &mut SeenSeqs, event: ConversationEvent) {
+        if event.seq > 0 {
+            if !seen.insert(event.seq) {
+                return;
+            }
+            self.observe(event.seq);
+        }
+        let skip_user = match &event.kind {
+            Some(Kind::ParticipantAdded(p)) => {
+                self.forget_membership(&p.user_id, &event.conversation_id);
+                None
+            }
+            Some(Kind::ParticipantRemoved(p)) => {
+                self.forget_membership(&p.user_id, &event.conversation_id);
+                None
+            }
+            Some(Kind::Typing(t)) => Some(t.user_id.as_str()),
+            _ => None,
+        };
+        let Some((frame, delivery)) = client::conversation_push(&event) else {
+            return;
+        };
+        room.deliver(
+            &Utf8Bytes::from(frame),
+            delivery,
+            skip_user,
+            &self.inner.stats,
+        );
+    }
+
+    async fn fill(&self, conversation_id: &str, room: &Room, seen: &mut SeenSeqs) {
+        self.inner.stats.num_fills.fetch_add(1, Ordering::Relaxed);
+        let loss_floor = self.inner.loss_floor.load(Ordering::Relaxed);
+        let after = seen.floor.max(loss_floor.saturating_sub(FILL_SLACK));
+        let mut backoff = Duration::from_millis(100);
+        let (events, complete) = loop {
+            match self
+                .inner
+                .reader
+                .events_after(conversation_id, after, MAX_FILL_EVENTS)
+                .await
+            {
+                Ok(read) => break read,
+                Err(_) if backoff < Duration::from_secs(10) => {
+                    tokio::select! {
+                        () = room.cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => backoff *= 2,
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        conversation_id,
+                        "cannot fill from the stream; members must resume"
+                    );
+                    room.evict_all(close::TOO_SLOW);
+                    return;
+                }
+            }
+        };
+        let before = seen.num_inserted;
+        for event in events {
+            self.dispatch(room, seen, event);
+        }
+        let filled = seen.num_inserted - before;
+        self.inner
+            .stats
+            .num_filled
+            .fetch_add(filled, Ordering::Relaxed);
+        if filled > 0 {
+            tracing::info!(conversation_id, filled, "filled events lost on the bus");
+        }
+        if !complete {
+            room.evict_all(close::TOO_SLOW);
+        }
+    }
+
+    fn forget_membership(&self, user_id: &str, conversation_id: &str) {
+        self.inner
+            .membership
+            .invalidate(&(Arc::from(user_id), Arc::from(conversation_id)));
+    }
+
+    fn sockets_of(&self, user_id: &str) -> Vec<SocketHandle> {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry
+            .users
+            .get(user_id)
+            .map(|sockets| sockets.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Joins every local socket of `user_id` to a conversation; a socket that cannot join is
+    /// evicted (it reconnects and gets its rooms again).
+    pub async fn join_user(&self, user_id: &str, conversation_id: &str) -> Vec<SocketHandle> {
+        self.forget_membership(user_id, conversation_id);
+        let mut joined = Vec::new();
+        for socket in self.sockets_of(user_id) {
+            match self.join(&socket, conversation_id).await {
+                Ok(()) => joined.push(socket),
+                Err(error) => {
+                    tracing::warn!(conversation_id, ?error, "join failed; evicting");
+                    socket.eviction.evict(close::INTERNAL);
+                }
+            }
+        }
+        joined
+    }
+
+    /// Takes every local socket of `user_id` out of a conversation.
+    pub fn leave_user(&self, user_id: &str, conversation_id: &str) -> Vec<SocketHandle> {
+        self.forget_membership(user_id, conversation_id);
+        let sockets = self.sockets_of(user_id);
+        for socket in &sockets {
+            self.leave(socket.id, conversation_id);
+        }
+        sockets
+    }
+
+    async fn user_joined(&self, user_id: &str, conversation: &v1::Conversation, event: &str) {
+        let frame = Utf8Bytes::from(client::push(
+            event,
+            serde_json::json!({ "conversation": ConversationJson::from(conversation) }),
+        ));
+        for socket in self.join_user(user_id, &conversation.id).await {
+            socket.push(&frame, Delivery::Durable, &self.inner.stats);
+        }
+    }
+
+    fn user_removed(&self, user_id: &str, conversation_id: &str) {
+        let frame = Utf8Bytes::from(client::push(
+            "conversation:removed",
+            serde_json::json!({ "conversationId": conversation_id }),
+        ));
+        for socket in self.leave_user(user_id, conversation_id) {
+            socket.push(&frame, Delivery::Durable, &self.inner.stats);
+        }
+    }
+
+    async fn on_user_event(&self, event: v1::UserEvent) {
+        match event.kind {
+            Some(user_event::Kind::Joined(joined)) => {
+                let Some(conversation) = joined.conversation else {
+                    return;
+                };
+                let name = if joined.created {
+                    "conversation:new"
+                } else {
+                    "conversation:joined"
+                };
+                self.user_joined(&event.user_id, &conversation, name).await;
+            }
+            Some(user_event::Kind::Removed(removed)) => {
+                self.user_removed(&event.user_id, &removed.conversation_id);
+            }
+            None => {}
+        }
+    }
+
+    /// After a reconnection: user events may have been lost, so each local user's rooms are
+    /// compared with the store's membership and brought in line.
+    async fn resync_users(&self) {
+        let users: Vec<Arc<str>> = {
+            let registry = self.inner.registry.lock().expect("registry lock poisoned");
+            registry.users.keys().cloned().collect()
+        };
+        for user_id in users {
+            let Ok(conversations) = self.inner.worker.conversations_of(&user_id).await else {
+                tracing::warn!("cannot resync memberships: the worker is unavailable");
+                return;
+            };
+            let member_of: HashSet<&str> = conversations.iter().map(|c| c.id.as_str()).collect();
+            for socket in self.sockets_of(&user_id) {
+                let rooms = self.rooms_of(socket.id);
+                for room in rooms.iter().filter(|r| !member_of.contains(&***r)) {
+                    self.user_removed(&user_id, room);
+                }
+                for conversation in conversations
+                    .iter()
+                    .filter(|c| !rooms.iter().any(|r| **r == *c.id))
+                {
+                    self.user_joined(&user_id, conversation, "conversation:joined")
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+fn leave_room(registry: &mut Registry, conversation_id: &str, socket_id: SocketId) {
+    let Some(room) = registry.rooms.get(conversation_id) else {
+        return;
+    };
+    let empty = {
+        let mut members = room.members.lock().expect("room lock poisoned");
+        members.remove(&socket_id);
+        members.is_empty()
+    };
+    if empty {
+        room.cancel.cancel();
+        registry.rooms.remove(conversation_id);
+    }
+}
+
+/// The sequences a room has delivered: everything at or below `floor`, and the recent ones above.
+struct SeenSeqs {
+    floor: u64,
+    recent: BTreeSet<u64>,
+    num_inserted: u64,
+}
+
+impl SeenSeqs {
+    fn new(floor: u64) -> Self {
+        Self {
+            floor,
+            recent: BTreeSet::new(),
+            num_inserted: 0,
+        }
+    }
+
+    /// Records `seq`; false when it was delivered already (or precedes the subscription).
+    fn insert(&mut self, seq: u64) -> bool {
+        if seq <= self.floor || !self.recent.insert(seq) {
+            return false;
+        }
+        self.num_inserted += 1;
+        if self.recent.len() > RECENT_SEQS
+            && let Some(oldest) = self.recent.pop_first()
+        {
+            self.floor = oldest;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_seqs_drop_duplicates_and_what_precedes_the_subscription() {
+        let mut seen = SeenSeqs::new(10);
+        assert!(!seen.insert(10));
+        assert!(seen.insert(12));
+        assert!(seen.insert(11), "out of order is fine");
+        assert!(!seen.insert(12));
+        for seq in 13..13 + RECENT_SEQS as u64 {
+            assert!(seen.insert(seq));
+        }
+        assert_eq!(seen.recent.len(), RECENT_SEQS);
+        // 1,026 were delivered: the two oldest (11 and 12) fell below the floor.
+        assert_eq!(seen.floor, 12);
+        assert!(!seen.insert(12));
+    }
+
+    #[test]
+    fn a_full_outbox_drops_ephemeral_pushes_and_evicts_on_messages() {
+        let (outbox, _receiver) = mpsc::channel(1);
+        let eviction = Arc::new(Eviction::default());
+        let socket = SocketHandle::new(1, "u".into(), outbox, Arc::clone(&eviction));
+        let stats = Stats::default();
+        let frame = Utf8Bytes::from_static("{}");
+        socket.push(&frame, Delivery::Durable, &stats);
+        socket.push(&frame, Delivery::Ephemeral, &stats);
+        assert_eq!(stats.num_dropped_ephemeral.load(Ordering::Relaxed), 1);
+        assert!(!eviction.token.is_cancelled());
+        socket.push(&frame, Delivery::Durable, &stats);
+        assert!(eviction.token.is_cancelled());
+        assert_eq!(eviction.code.load(Ordering::Relaxed), close::TOO_SLOW);
+    }
+}

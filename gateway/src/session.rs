@@ -1,0 +1,971 @@
+//! One client connection: the upgrade, authentication, the request loop, and the writer.
+//!
+//! The connection's task owns its state. The socket is split: a writer task owns the write half
+//! and drains the socket's bounded outbox in batches (one flush per batch); the reader loop
+//! handles one request at a time, except `message:send`, whose stream acknowledgements are
+//! awaited in order while the next requests are read (a socket's sends are published in the order
+//! it sent them, and acked in that order).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chat_proto::bus::{self, BusError, Stored};
+use chat_proto::client::{
+    self, AuthData, ConversationJson, ConversationRef, DeleteData, EditData, JoinData, MessageJson,
+    SendData, SyncData, close,
+};
+use chat_proto::subjects;
+use chat_proto::timestamp::{iso8601, now_ms};
+use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
+use futures_util::stream::{FuturesOrdered, SplitSink};
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, http};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::Gateway;
+use crate::auth::{AuthError, Identity};
+use crate::error::RequestError;
+use crate::history::{self, Window};
+use crate::hub::{Eviction, Outbound, SocketHandle};
+use crate::validation;
+
+/// How long typing lasts without a refresh.
+pub const TYPING_TTL: Duration = Duration::from_secs(5);
+/// How long the upgrade may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most frames the writer sends before it flushes.
+const WRITE_BATCH: usize = 64;
+/// Longest event name echoed back in an error.
+const MAX_ECHOED_EVENT_CHARS: usize = 64;
+
+type WsStream = WebSocketStream<TcpStream>;
+type PendingSend = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
+
+struct SendOutcome {
+    request_id: Option<String>,
+    event: ConversationEvent,
+    result: Result<Stored, BusError>,
+}
+
+/// What the upgrade request carried.
+#[derive(Default)]
+struct Upgrade {
+    token: Option<String>,
+}
+
+/// Serves one accepted TCP connection to its end. `permit` is `None` when the node is full.
+#[expect(
+    clippy::result_large_err,
+    reason = "the upgrade callback's error type is tungstenite's"
+)]
+pub async fn serve(
+    gateway: Gateway,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::debug_span!("connection", %peer, user_id = tracing::field::Empty);
+    async move {
+        let _permit = permit.as_ref();
+        let mut upgrade = Upgrade::default();
+        let settings = &gateway.shared.settings;
+        let full = permit.is_none();
+        let callback = |request: &Request, response: Response| {
+            check_upgrade(request, response, settings, full, &mut upgrade)
+        };
+        let accept = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(gateway.shared.ws_config),
+        );
+        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "upgrade refused or failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("upgrade timed out");
+                return;
+            }
+        };
+        run(gateway, ws, upgrade, shutdown).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+fn refuse(status: http::StatusCode, reason: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(reason.to_owned()));
+    *response.status_mut() = status;
+    response
+}
+
+#[expect(
+    clippy::result_large_err,
+    reason = "the upgrade callback's error type is tungstenite's"
+)]
+fn check_upgrade(
+    request: &Request,
+    mut response: Response,
+    settings: &crate::config::Settings,
+    full: bool,
+    upgrade: &mut Upgrade,
+) -> Result<Response, ErrorResponse> {
+    if request.uri().path() != "/ws" {
+        return Err(refuse(
+            http::StatusCode::NOT_FOUND,
+            "not found; connect to /ws",
+        ));
+    }
+    if let Some(origin) = request.headers().get(http::header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| settings.origins.allows(o));
+        if !allowed {
+            return Err(refuse(http::StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+    }
+    if full {
+        return Err(refuse(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "this node is full; try another",
+        ));
+    }
+    upgrade.token = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .or_else(|| {
+            // Never logged: the query string holds the token.
+            request.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix("token="))
+                    .map(str::to_owned)
+            })
+        });
+    let offered = request
+        .headers()
+        .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    if let Some(offered) = offered
+        && offered.split(',').any(|p| p.trim() == client::SUBPROTOCOL)
+    {
+        response.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(client::SUBPROTOCOL),
+        );
+    }
+    Ok(response)
+}
+
+async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: CancellationToken) {
+    let shared = &gateway.shared;
+    let (sink, mut frames) = ws.split();
+    let (outbox, outbox_rx) = mpsc::channel(shared.settings.config.outbox_frames);
+    let eviction = Arc::new(Eviction::default());
+    let writer = tokio::spawn(write_loop(sink, outbox_rx, Arc::clone(&eviction)));
+
+    let (identity, request_id) = match authenticate(&gateway, upgrade, &mut frames).await {
+        Ok(found) => found,
+        Err((code, frame)) => {
+            if let Some(frame) = frame {
+                let _ = outbox.try_send(Outbound::Text(frame.into()));
+            }
+            let _ = outbox.try_send(Outbound::Close(code, close_reason(code)));
+            drop(outbox);
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            return;
+        }
+    };
+    tracing::Span::current().record("user_id", &*identity.user_id);
+    let socket = SocketHandle::new(
+        shared.next_socket_id.fetch_add(1, Ordering::Relaxed),
+        Arc::clone(&identity.user_id),
+        outbox.clone(),
+        Arc::clone(&eviction),
+    );
+    let mut session = Session {
+        gateway: gateway.clone(),
+        socket,
+        identity,
+        session_id: uuid::Uuid::new_v4().simple().to_string(),
+        outbox,
+        eviction,
+        typing: HashMap::new(),
+    };
+    shared.hub.register(&session.socket);
+    match session.connected().await {
+        Ok(payload) => match request_id {
+            Some(id) => session.emit(client::ack(&id, payload)),
+            None => session.emit(client::push("connected", payload)),
+        },
+        Err(error) => {
+            session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
+            session.close(close::INTERNAL);
+        }
+    }
+    let mut pending = FuturesOrdered::new();
+    session.serve(&mut frames, &mut pending, shutdown).await;
+    session.finish(pending).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::NORMAL => "bye",
+        close::TOO_BIG => "message too big",
+        close::RESTARTING => "server restarting; reconnect and resume",
+        close::UNAUTHORIZED => "unauthorized",
+        close::FORBIDDEN => "forbidden",
+        close::AUTH_TIMEOUT => "no auth in time",
+        close::OVER_LIMIT => "over a limit",
+        close::TOO_SLOW => "too slow; reconnect and resume",
+        _ => "internal error; reconnect",
+    }
+}
+
+/// Finds the socket's identity: from the upgrade, else from a first `auth` frame in time.
+/// On failure: the close code and the error frame to send first.
+async fn authenticate(
+    gateway: &Gateway,
+    upgrade: Upgrade,
+    frames: &mut futures_util::stream::SplitStream<WsStream>,
+) -> Result<(Identity, Option<String>), (u16, Option<String>)> {
+    let verifier = &gateway.shared.settings.verifier;
+    let unauthorized = |error: AuthError, request_id: Option<&str>| {
+        let frame = RequestError::new(client::ErrorCode::Unauthorized, error.to_string())
+            .to_frame(request_id, Some("auth"));
+        (close::UNAUTHORIZED, Some(frame))
+    };
+    if let Some(token) = upgrade.token {
+        return verifier
+            .verify(&token)
+            .map(|identity| (identity, None))
+            .map_err(|e| unauthorized(e, None));
+    }
+    let deadline = Instant::now() + gateway.shared.settings.config.auth_timeout;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
+            Err(_) => return Err((close::AUTH_TIMEOUT, None)),
+            Ok(None | Some(Err(_))) => return Err((close::NORMAL, None)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            _ => return Err(unauthorized(AuthError::Missing, None)),
+        };
+        let Ok(envelope) = serde_json::from_str::<client::ClientFrame<'_>>(&text) else {
+            return Err(unauthorized(AuthError::Missing, None));
+        };
+        let request_id = envelope
+            .request_id
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+        let is_auth = envelope
+            .event
+            .is_some_and(|raw| serde_json::from_str::<&str>(raw.get()).ok() == Some("auth"));
+        let token = envelope
+            .data
+            .and_then(|raw| serde_json::from_str::<AuthData>(raw.get()).ok())
+            .map(|d| d.token);
+        let (true, Some(token)) = (is_auth, token) else {
+            return Err(unauthorized(AuthError::Missing, request_id.as_deref()));
+        };
+        return verifier
+            .verify(&token)
+            .map(|identity| (identity, request_id.clone()))
+            .map_err(|e| unauthorized(e, request_id.as_deref()));
+    }
+}
+
+/// What a handled request answers.
+enum Reply {
+    /// Ack with this data now.
+    Ack(serde_json::Value),
+    /// The answer comes when this send is acknowledged by the stream.
+    Later(PendingSend),
+}
+
+struct Session {
+    gateway: Gateway,
+    socket: SocketHandle,
+    identity: Identity,
+    session_id: String,
+    outbox: mpsc::Sender<Outbound>,
+    eviction: Arc<Eviction>,
+    typing: HashMap<Arc<str>, Instant>,
+}
+
+impl Session {
+    /// Queues a frame of this socket's own (an ack, an error); a socket that cannot take it is
+    /// too slow and is evicted.
+    fn emit(&self, frame: String) {
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.outbox.try_send(Outbound::Text(frame.into()))
+        {
+            self.eviction.evict(close::TOO_SLOW);
+        }
+    }
+
+    fn close(&self, code: u16) {
+        if self
+            .outbox
+            .try_send(Outbound::Close(code, close_reason(code)))
+            .is_err()
+        {
+            self.eviction.evict(code);
+        }
+    }
+
+    async fn connected(&self) -> Result<serde_json::Value, RequestError> {
+        let shared = &self.gateway.shared;
+        let rooms = shared
+            .worker
+            .conversations_of(&self.identity.user_id)
+            .await?;
+        let joins = rooms.iter().map(|c| shared.hub.join(&self.socket, &c.id));
+        for joined in futures_util::future::join_all(joins).await {
+            joined?;
+        }
+        let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
+        Ok(json!({
+            "userId": &*self.identity.user_id,
+            "sessionId": self.session_id,
+            "rooms": rooms,
+            "timestamp": iso8601(now_ms()),
+        }))
+    }
+
+    /// The request loop. Sends awaiting the stream wait in `pending`, in order; while it is
+    /// full, no more frames are read.
+    async fn serve(
+        &mut self,
+        frames: &mut futures_util::stream::SplitStream<WsStream>,
+        pending: &mut FuturesOrdered<PendingSend>,
+        shutdown: CancellationToken,
+    ) {
+        let config = &self.gateway.shared.settings.config;
+        let max_pending = config.max_pending_sends;
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ping.reset();
+        let mut last_heard = Instant::now();
+        let idle_timeout = config.idle_timeout;
+        let eviction = Arc::clone(&self.eviction);
+        loop {
+            let typing_due = self.typing.values().min().copied();
+            tokio::select! {
+                _ = eviction.evicted() => return,
+                () = shutdown.cancelled() => {
+                    let spread = rand_below(5_000);
+                    self.emit(client::push("server:draining", json!({ "reconnectAfterMs": spread })));
+                    self.close(close::RESTARTING);
+                    return;
+                }
+                Some(outcome) = pending.next(), if !pending.is_empty() => {
+                    self.finish_send(outcome).await;
+                }
+                () = sleep_until_opt(typing_due) => self.expire_typing().await,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_timeout {
+                        tracing::debug!("no sign of life; closing");
+                        return;
+                    }
+                    let _ = self.outbox.try_send(Outbound::Ping);
+                }
+                frame = frames.next(), if pending.len() < max_pending => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(send) = self.on_text(&text).await {
+                                pending.push_back(send);
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.emit(RequestError::protocol("binary frames are not supported; send JSON text").to_frame(None, None));
+                        }
+                        Some(Ok(Message::Close(_))) | None => return,
+                        Some(Ok(_)) => {} // Pings are answered by tungstenite; pongs are signs of life.
+                        Some(Err(tungstenite::Error::Capacity(_))) => {
+                            self.close(close::TOO_BIG);
+                            return;
+                        }
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "read failed");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish(mut self, mut pending: FuturesOrdered<PendingSend>) {
+        // Answer the sends under way: they may already be durable.
+        while let Some(outcome) = pending.next().await {
+            self.finish_send(outcome).await;
+        }
+        let typing: Vec<_> = self.typing.drain().map(|(c, _)| c).collect();
+        for conversation_id in typing {
+            self.publish_typing(&conversation_id, false).await;
+        }
+        self.gateway.shared.hub.unregister(&self.socket);
+    }
+
+    /// Handles one text frame; a send comes back to wait for the stream.
+    async fn on_text(&mut self, text: &str) -> Option<PendingSend> {
+        let config = &self.gateway.shared.settings.config;
+        if text.len() > config.max_message_bytes {
+            let message = format!("message larger than {} bytes", config.max_message_bytes);
+            self.emit(RequestError::protocol(message).to_frame(None, None));
+            return None;
+        }
+        let Ok(envelope) = serde_json::from_str::<client::ClientFrame<'_>>(text) else {
+            self.emit(RequestError::protocol("not a JSON object envelope").to_frame(None, None));
+            return None;
+        };
+        let request_id = match envelope
+            .request_id
+            .map(|raw| serde_json::from_str::<String>(raw.get()))
+        {
+            None => None,
+            Some(Ok(id)) if id.chars().count() <= client::MAX_REQUEST_ID_CHARS => Some(id),
+            Some(_) => {
+                let error =
+                    RequestError::protocol("requestId must be a string of at most 64 characters");
+                self.emit(error.to_frame(None, None));
+                return None;
+            }
+        };
+        let request_id = request_id.as_deref();
+        let Some(event) = envelope
+            .event
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        else {
+            self.emit(RequestError::protocol("event must be a string").to_frame(request_id, None));
+            return None;
+        };
+        let echoed: String = event.chars().take(MAX_ECHOED_EVENT_CHARS).collect();
+        if let Some(version) = envelope.version
+            && serde_json::from_str::<&str>(version.get()).ok() != Some(client::VERSION)
+        {
+            let error =
+                RequestError::protocol("unsupported version; this server speaks version \"1\"");
+            self.emit(error.to_frame(request_id, Some(&echoed)));
+            return None;
+        }
+        let data = envelope.data.map_or("{}", |raw| raw.get());
+        match self.dispatch(&event, data, request_id).await {
+            Ok(Reply::Ack(data)) => {
+                if let Some(id) = request_id {
+                    self.emit(client::ack(id, data));
+                }
+                None
+            }
+            Ok(Reply::Later(send)) => Some(send),
+            Err(error) => {
+                self.emit(error.to_frame(request_id, Some(&echoed)));
+                None
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        event: &str,
+        data: &str,
+        request_id: Option<&str>,
+    ) -> Result<Reply, RequestError> {
+        match event {
+            "ping" => Ok(Reply::Ack(
+                json!({ "event": "pong", "timestamp": now_ms() }),
+            )),
+            "auth" => self.reauthenticate(parse(data)?).await,
+            "message:send" => self.send(parse(data)?, request_id).await,
+            "message:edit" => self.edit(parse(data)?).await,
+            "message:delete" => self.delete(parse(data)?).await,
+            "messages:sync" => self.sync(parse(data)?).await,
+            "room:create" => self.create(parse(data)?).await,
+            "room:join" => self.join(parse(data)?).await,
+            "room:leave" => self.leave(parse(data)?).await,
+            "room:list" => {
+                let rooms = self
+                    .gateway
+                    .shared
+                    .worker
+                    .conversations_of(&self.identity.user_id)
+                    .await?;
+                let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
+                Ok(Reply::Ack(json!({ "conversations": rooms })))
+            }
+            "room:info" => self.info(parse(data)?).await,
+            "typing:start" => self.typing(parse(data)?, true).await,
+            "typing:stop" => self.typing(parse(data)?, false).await,
+            "message:delivered" => self.receipt(parse(data)?, false).await,
+            "message:read" => self.receipt(parse(data)?, true).await,
+            "resume" | "room:online" | "presence:update" | "presence:query" => Err(
+                RequestError::protocol(format!("{event} is not supported by this server yet")),
+            ),
+            _ => Err(RequestError::protocol("unknown event")),
+        }
+    }
+
+    async fn reauthenticate(&mut self, data: AuthData) -> Result<Reply, RequestError> {
+        let identity = self
+            .gateway
+            .shared
+            .settings
+            .verifier
+            .verify(&data.token)
+            .map_err(|e| RequestError::new(client::ErrorCode::Unauthorized, e.to_string()))?;
+        if identity.user_id != self.identity.user_id {
+            return Err(RequestError::forbidden(
+                "a connection cannot change its user",
+            ));
+        }
+        self.identity = identity;
+        Ok(Reply::Ack(self.connected().await?))
+    }
+
+    /// Checks that the user is a member, from the cache or the worker.
+    async fn require_member(&self, conversation_id: &str) -> Result<(), RequestError> {
+        let shared = &self.gateway.shared;
+        let key = (
+            Arc::clone(&self.identity.user_id),
+            Arc::<str>::from(conversation_id),
+        );
+        let member = match shared.membership.get(&key) {
+            Some(member) => member,
+            None => {
+                let reply = shared
+                    .worker
+                    .membership(&self.identity.user_id, conversation_id)
+                    .await?;
+                if !reply.exists {
+                    return Err(RequestError::not_found("no such conversation"));
+                }
+                shared.membership.insert(key, reply.member);
+                reply.member
+            }
+        };
+        if member {
+            Ok(())
+        } else {
+            Err(RequestError::forbidden("not a member of this conversation"))
+        }
+    }
+
+    async fn send(
+        &mut self,
+        data: SendData,
+        request_id: Option<&str>,
+    ) -> Result<Reply, RequestError> {
+        let shared = &self.gateway.shared;
+        let mut message = validation::new_message(data, &self.identity.user_id, &shared.limits)?;
+        self.require_member(&message.conversation_id).await?;
+        message.created_at_ms = now_ms();
+        let dedup_id = message
+            .client_message_id
+            .as_deref()
+            .map(|id| subjects::dedup_id(&self.identity.user_id, &message.conversation_id, id));
+        let event = ConversationEvent {
+            seq: 0,
+            conversation_id: message.conversation_id.clone(),
+            kind: Some(Kind::MessageCreated(v1::MessageCreated {
+                message: Some(message),
+            })),
+        };
+        let shared = &self.gateway.shared;
+        let ack = bus::start_durable(&shared.js, &event, dedup_id.as_deref()).await?;
+        let request_id = request_id.map(str::to_owned);
+        Ok(Reply::Later(Box::pin(async move {
+            SendOutcome {
+                request_id,
+                result: bus::finish_durable(ack).await,
+                event,
+            }
+        })))
+    }
+
+    async fn finish_send(&mut self, outcome: SendOutcome) {
+        let SendOutcome {
+            request_id,
+            mut event,
+            result,
+        } = outcome;
+        let shared = &self.gateway.shared;
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "send not acknowledged by the stream");
+                self.emit(
+                    RequestError::unavailable()
+                        .to_frame(request_id.as_deref(), Some("message:send")),
+                );
+                return;
+            }
+        };
+        event.seq = stored.seq;
+        shared.hub.observe(stored.seq);
+        let mut message = match event.kind.take() {
+            Some(Kind::MessageCreated(created)) => created.message.unwrap_or_default(),
+            _ => unreachable!("only sends are pending"),
+        };
+        message.id = stored.seq;
+        if stored.duplicate {
+            // The first send's message, as it was stored.
+            if let Ok(Some(original)) = shared.reader.original(stored.seq).await {
+                message = original;
+            }
+        } else {
+            event.kind = Some(Kind::MessageCreated(v1::MessageCreated {
+                message: Some(message.clone()),
+            }));
+            if let Err(error) = bus::publish_live(&shared.client, &event).await {
+                tracing::warn!(%error, "live publish failed; members fill from the stream");
+            }
+        }
+        if let Some(id) = request_id {
+            self.emit(client::ack(
+                &id,
+                json!({ "message": MessageJson::from(&message) }),
+            ));
+        }
+    }
+
+    /// A message as it is now: from the store up to its position, else from the stream.
+    async fn find_message(&self, id: u64) -> Result<v1::ChatMessage, RequestError> {
+        let shared = &self.gateway.shared;
+        match shared.worker.message(id).await {
+            Ok(v1::GetMessageReply {
+                message: Some(message),
+                ..
+            }) => return Ok(message),
+            Ok(reply) if id <= reply.committed_seq => {
+                return Err(RequestError::not_found("no such message"));
+            }
+            Ok(_) | Err(crate::worker::CallError::Unavailable) => {}
+            Err(error) => return Err(error.into()),
+        }
+        shared
+            .reader
+            .original(id)
+            .await?
+            .ok_or_else(|| RequestError::not_found("no such message"))
+    }
+
+    async fn own_message(
+        &self,
+        id: u64,
+        conversation_id: Option<&str>,
+    ) -> Result<v1::ChatMessage, RequestError> {
+        if let Some(conversation_id) = conversation_id {
+            validation::conversation_id(conversation_id)?;
+        }
+        let message = self.find_message(id).await?;
+        if conversation_id.is_some_and(|c| c != message.conversation_id) || message.deleted {
+            return Err(RequestError::not_found("no such message"));
+        }
+        if *message.sender_id != *self.identity.user_id {
+            return Err(RequestError::forbidden(
+                "only the sender may change a message",
+            ));
+        }
+        self.require_member(&message.conversation_id).await?;
+        Ok(message)
+    }
+
+    async fn record(&self, conversation_id: &str, kind: Kind) -> Result<Stored, RequestError> {
+        let shared = &self.gateway.shared;
+        let event = ConversationEvent {
+            seq: 0,
+            conversation_id: conversation_id.to_owned(),
+            kind: Some(kind),
+        };
+        let (_, stored) = bus::publish(&shared.js, &shared.client, event, None).await?;
+        shared.hub.observe(stored.seq);
+        Ok(stored)
+    }
+
+    async fn edit(&mut self, data: EditData) -> Result<Reply, RequestError> {
+        validation::content(&data.content, &self.gateway.shared.limits)?;
+        let mut message = self
+            .own_message(data.message_id, data.conversation_id.as_deref())
+            .await?;
+        let edited_at_ms = now_ms();
+        let edit = v1::MessageEdited {
+            message_id: message.id,
+            editor_id: self.identity.user_id.to_string(),
+            content: data.content.clone(),
+            edited_at_ms,
+        };
+        self.record(&message.conversation_id, Kind::MessageEdited(edit))
+            .await?;
+        message.content = data.content;
+        message.edited_at_ms = Some(edited_at_ms);
+        Ok(Reply::Ack(
+            json!({ "message": MessageJson::from(&message) }),
+        ))
+    }
+
+    async fn delete(&mut self, data: DeleteData) -> Result<Reply, RequestError> {
+        let message = self
+            .own_message(data.message_id, data.conversation_id.as_deref())
+            .await?;
+        let delete = v1::MessageDeleted {
+            message_id: message.id,
+            deleter_id: self.identity.user_id.to_string(),
+            deleted_at_ms: now_ms(),
+        };
+        self.record(&message.conversation_id, Kind::MessageDeleted(delete))
+            .await?;
+        Ok(Reply::Ack(json!({})))
+    }
+
+    async fn sync(&mut self, data: SyncData) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        let (default, max) = client::SYNC_LIMIT;
+        let limit = data.limit.unwrap_or(default);
+        if limit == 0 || limit > max {
+            return Err(RequestError::invalid(format!("limit must be 1 to {max}")));
+        }
+        self.require_member(&data.conversation_id).await?;
+        let window = match (data.last_message_id, data.before_message_id) {
+            (Some(after), _) => Window::After(after),
+            (None, Some(before)) => Window::Before(before),
+            (None, None) => Window::Newest,
+        };
+        let shared = &self.gateway.shared;
+        let (messages, has_more) = history::sync(
+            &shared.worker,
+            &shared.reader,
+            &data.conversation_id,
+            window,
+            limit,
+        )
+        .await?;
+        let messages: Vec<_> = messages.iter().map(MessageJson::from).collect();
+        Ok(Reply::Ack(
+            json!({ "messages": messages, "hasMore": has_more }),
+        ))
+    }
+
+    /// Joins this user's local sockets to a conversation before the ack, so that nothing
+    /// published after the ack is missed; the user event that follows tells them.
+    async fn join_local(&self, conversation: &v1::Conversation) -> Result<Reply, RequestError> {
+        let shared = &self.gateway.shared;
+        shared
+            .hub
+            .join_user(&self.identity.user_id, &conversation.id)
+            .await;
+        Ok(Reply::Ack(
+            json!({ "conversation": ConversationJson::from(conversation) }),
+        ))
+    }
+
+    async fn create(&mut self, data: client::CreateData) -> Result<Reply, RequestError> {
+        let request = validation::new_conversation(data, &self.identity.user_id)?;
+        let conversation = self.gateway.shared.worker.create(request).await?;
+        self.join_local(&conversation).await
+    }
+
+    async fn join(&mut self, data: JoinData) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        validation::password(data.password.as_deref())?;
+        let request = v1::JoinConversationRequest {
+            user_id: self.identity.user_id.to_string(),
+            conversation_id: data.conversation_id,
+            password: data.password,
+        };
+        let conversation = self.gateway.shared.worker.join(request).await?;
+        self.join_local(&conversation).await
+    }
+
+    async fn leave(&mut self, data: ConversationRef) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        let shared = &self.gateway.shared;
+        let request = v1::LeaveConversationRequest {
+            user_id: self.identity.user_id.to_string(),
+            conversation_id: data.conversation_id.clone(),
+        };
+        shared.worker.leave(request).await?;
+        shared
+            .hub
+            .leave_user(&self.identity.user_id, &data.conversation_id);
+        Ok(Reply::Ack(json!({})))
+    }
+
+    async fn info(&mut self, data: ConversationRef) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        let conversation = self
+            .gateway
+            .shared
+            .worker
+            .conversation(&data.conversation_id)
+            .await?;
+        if conversation.private {
+            self.require_member(&conversation.id).await?;
+        }
+        Ok(Reply::Ack(
+            json!({ "conversation": ConversationJson::from(&conversation) }),
+        ))
+    }
+
+    async fn typing(
+        &mut self,
+        data: ConversationRef,
+        is_typing: bool,
+    ) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        self.require_member(&data.conversation_id).await?;
+        let conversation_id: Arc<str> = data.conversation_id.into();
+        if is_typing {
+            self.typing
+                .insert(Arc::clone(&conversation_id), Instant::now() + TYPING_TTL);
+        } else {
+            self.typing.remove(&conversation_id);
+        }
+        self.publish_typing(&conversation_id, is_typing).await;
+        Ok(Reply::Ack(json!({})))
+    }
+
+    async fn expire_typing(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<_> = self
+            .typing
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(c, _)| Arc::clone(c))
+            .collect();
+        for conversation_id in expired {
+            self.typing.remove(&conversation_id);
+            self.publish_typing(&conversation_id, false).await;
+        }
+    }
+
+    async fn publish_typing(&self, conversation_id: &str, is_typing: bool) {
+        let event = ConversationEvent {
+            seq: 0,
+            conversation_id: conversation_id.to_owned(),
+            kind: Some(Kind::Typing(v1::Typing {
+                user_id: self.identity.user_id.to_string(),
+                is_typing,
+            })),
+        };
+        if let Err(error) = bus::publish_live(&self.gateway.shared.client, &event).await {
+            tracing::debug!(%error, "typing not published");
+        }
+    }
+
+    async fn receipt(
+        &mut self,
+        data: client::ReceiptData,
+        read: bool,
+    ) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        self.require_member(&data.conversation_id).await?;
+        let event = ConversationEvent {
+            seq: 0,
+            conversation_id: data.conversation_id,
+            kind: Some(Kind::Receipt(v1::MessageReceipt {
+                user_id: self.identity.user_id.to_string(),
+                message_id: data.message_id,
+                read,
+            })),
+        };
+        bus::publish_live(&self.gateway.shared.client, &event).await?;
+        Ok(Reply::Ack(json!({})))
+    }
+}
+
+fn parse<T: DeserializeOwned>(data: &str) -> Result<T, RequestError> {
+    serde_json::from_str(data).map_err(|e| RequestError::invalid(format!("invalid data: {e}")))
+}
+
+async fn sleep_until_opt(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A number in `0..bound`, spread enough for reconnection jitter.
+fn rand_below(bound: u64) -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_u128() as u32) % bound.max(1)
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WsStream, Message>,
+    mut outbox: mpsc::Receiver<Outbound>,
+    eviction: Arc<Eviction>,
+) {
+    let send_close = |code: u16| {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(close_reason(code)),
+        }))
+    };
+    loop {
+        let first = tokio::select! {
+            biased;
+            code = eviction.evicted() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(send_close(code))).await;
+                return;
+            }
+            first = outbox.recv() => first,
+        };
+        let Some(first) = first else {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+            return;
+        };
+        let mut closing = None;
+        let write = async {
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(item) = next.take() {
+                match item {
+                    Outbound::Text(text) => sink.feed(Message::Text(text)).await?,
+                    Outbound::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await?,
+                    Outbound::Close(code, _) => {
+                        closing = Some(code);
+                        break;
+                    }
+                }
+                written += 1;
+                if written < WRITE_BATCH {
+                    next = outbox.try_recv().ok();
+                }
+            }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            biased;
+            _ = eviction.evicted() => return, // Stuck writing to a peer that does not read.
+            written = write => written,
+        };
+        if let Err(error) = written {
+            tracing::debug!(%error, "write failed");
+            return;
+        }
+        if let Some(code) = closing {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(send_close(code))).await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Requests to the persistence worker over NATS request-reply, each with a deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_proto::subjects::rpc;
+use chat_proto::v1;
+use prost::Message;
+
+/// Why a call to the worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No worker answered in time (down, or NATS down).
+    #[error("the persistence worker is unavailable")]
+    Unavailable,
+    /// The worker refused the request.
+    #[error("the worker refused: {message}")]
+    Rejected {
+        /// Its code.
+        code: v1::rpc_error::Code,
+        /// Its message, safe for clients.
+        message: String,
+    },
+    /// The reply could not be read.
+    #[error("malformed reply")]
+    Malformed,
+}
+
+/// A client of the worker's API; a cheap `Clone`.
+#[derive(Clone, Debug)]
+pub struct WorkerClient {
+    client: async_nats::Client,
+    timeout: Duration,
+}
+
+impl WorkerClient {
+    /// Calls through `client`, each waiting at most `timeout`.
+    pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+
+    async fn call<Reply: Message + Default>(
+        &self,
+        subject: &'static str,
+        request: &impl Message,
+    ) -> Result<Reply, CallError> {
+        let call = self
+            .client
+            .request(subject, Bytes::from(request.encode_to_vec()));
+        let reply = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, subject, "worker request failed");
+                return Err(CallError::Unavailable);
+            }
+            Err(_) => return Err(CallError::Unavailable),
+        };
+        let failed = reply
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(rpc::ERROR_HEADER).is_some());
+        if failed {
+            let error = v1::RpcError::decode(reply.payload).map_err(|_| CallError::Malformed)?;
+            return Err(CallError::Rejected {
+                code: error.code(),
+                message: error.message,
+            });
+        }
+        Reply::decode(reply.payload).map_err(|_| CallError::Malformed)
+    }
+
+    /// `(exists, member)` of a user in a conversation.
+    pub async fn membership(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<v1::MembershipReply, CallError> {
+        let request = v1::MembershipRequest {
+            user_id: user_id.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+        };
+        self.call(rpc::MEMBERSHIP, &request).await
+    }
+
+    /// The user's conversations.
+    pub async fn conversations_of(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<v1::Conversation>, CallError> {
+        let request = v1::ListConversationsRequest {
+            user_id: user_id.to_owned(),
+        };
+        let reply: v1::ListConversationsReply =
+            self.call(rpc::LIST_CONVERSATIONS, &request).await?;
+        Ok(reply.conversations)
+    }
+
+    /// One conversation.
+    pub async fn conversation(&self, conversation_id: &str) -> Result<v1::Conversation, CallError> {
+        let request = v1::ConversationInfoRequest {
+            conversation_id: conversation_id.to_owned(),
+        };
+        let reply: v1::ConversationInfoReply = self.call(rpc::CONVERSATION_INFO, &request).await?;
+        reply.conversation.ok_or(CallError::Malformed)
+    }
+
+    /// Creates a conversation.
+    pub async fn create(
+        &self,
+        request: v1::CreateConversationRequest,
+    ) -> Result<v1::Conversation, CallError> {
+        self.conversation_call(rpc::CREATE_CONVERSATION, &request)
+            .await
+    }
+
+    /// Joins a conversation.
+    pub async fn join(
+        &self,
+        request: v1::JoinConversationRequest,
+    ) -> Result<v1::Conversation, CallError> {
+        self.conversation_call(rpc::JOIN_CONVERSATION, &request)
+            .await
+    }
+
+    /// Leaves a conversation.
+    pub async fn leave(
+        &self,
+        request: v1::LeaveConversationRequest,
+    ) -> Result<v1::Conversation, CallError> {
+        self.conversation_call(rpc::LEAVE_CONVERSATION, &request)
+            .await
+    }
+
+    async fn conversation_call(
+        &self,
+        subject: &'static str,
+        request: &impl Message,
+    ) -> Result<v1::Conversation, CallError> {
+        let reply: v1::ConversationReply = self.call(subject, request).await?;
+        reply.conversation.ok_or(CallError::Malformed)
+    }
+
+    /// A page of history from the store, with the store's committed position.
+    pub async fn history(
+        &self,
+        request: v1::HistoryRequest,
+    ) -> Result<v1::HistoryReply, CallError> {
+        self.call(rpc::HISTORY, &request).await
+    }
+
+    /// One message as the store has it, with the store's committed position.
+    pub async fn message(&self, message_id: u64) -> Result<v1::GetMessageReply, CallError> {
+        self.call(rpc::GET_MESSAGE, &v1::GetMessageRequest { message_id })
+            .await
+    }
+}
