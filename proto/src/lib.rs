@@ -20,3 +20,6 @@ pub mod timestamp;
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/chat.v1.rs"));
 }
+
+#[cfg(feature = "test-util")]
+pub mod testing;

@@ -1,0 +1,343 @@
+//! A real cluster for tests: `nats-server` (JetStream), the persistence worker on SQLite and two
+//! gateways, each on free ports, and a WebSocket client that speaks the protocol.
+
+#![allow(dead_code, unreachable_pub)] // Each test file uses part of it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chat_gateway::config::Cli;
+use chat_proto::testing::NatsServer;
+use clap::Parser as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A component running in this process, stopped by its shutdown signal.
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub struct Gateway {
+    pub ws: SocketAddr,
+    pub admin: SocketAddr,
+    pub running: Running,
+}
+
+impl Gateway {
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws)
+    }
+}
+
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub dir: tempfile::TempDir,
+    pub worker: Running,
+    pub gateways: Vec<Gateway>,
+}
+
+pub fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("chat.db")
+}
+
+pub async fn start_worker(nats_url: &str, db: PathBuf) -> Running {
+    let config = chat_persistence_worker::Config::try_parse_from([
+        "worker",
+        "--nats-url",
+        nats_url,
+        "--db-path",
+        db.to_str().expect("a UTF-8 path"),
+    ])
+    .expect("worker flags parse");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(error) = chat_persistence_worker::run(config, shutdown).await {
+            panic!("worker failed: {error}");
+        }
+    });
+    // The worker owns the stream: wait until it exists.
+    let client = async_nats::connect(nats_url).await.expect("nats is up");
+    let js = async_nats::jetstream::new(client);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while js.get_stream(chat_proto::subjects::STREAM).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not create the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Running {
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
+    let mut args = vec![
+        "chat-gateway",
+        "--nats-url",
+        nats_url,
+        "--jwt-secret",
+        SECRET,
+        "--allowed-origins",
+        "https://app.example",
+        "--auth-timeout",
+        "1s",
+        "--request-timeout",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    let settings = Cli::try_parse_from(args)
+        .expect("gateway flags parse")
+        .config
+        .validate()
+        .expect("gateway settings are valid");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (ws, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        chat_gateway::run(settings, listener, admin, shutdown)
+            .await
+            .expect("the gateway runs");
+    });
+    Gateway {
+        ws,
+        admin: admin_addr,
+        running: Running {
+            stop: Some(stop),
+            task: Some(task),
+        },
+    }
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(gateway_flags: &[&str]) -> Self {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let worker = start_worker(&nats.url(), db_path(&dir)).await;
+        let mut gateways = Vec::new();
+        for _ in 0..2 {
+            gateways.push(start_gateway(&nats.url(), gateway_flags).await);
+        }
+        Self {
+            nats,
+            dir,
+            worker,
+            gateways,
+        }
+    }
+
+    pub fn url(&self, gateway: usize) -> String {
+        self.gateways[gateway].url()
+    }
+
+    /// A connected, authenticated client of `user` on gateway `gateway`.
+    pub async fn client(&self, gateway: usize, user: &str) -> Client {
+        Client::connect(&self.url(gateway), user).await
+    }
+
+    pub async fn stop_worker(&mut self) {
+        self.worker.stop().await;
+    }
+
+    pub async fn restart_worker(&mut self) {
+        self.worker = start_worker(&self.nats.url(), db_path(&self.dir)).await;
+    }
+}
+
+pub fn token(user: &str) -> String {
+    chat_gateway::auth::mint_hs256(SECRET.as_bytes(), user, Duration::from_secs(3600), None)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol client: requests wait for their answer; pushes are kept for `expect`.
+pub struct Client {
+    ws: Ws,
+    pushes: VecDeque<Value>,
+    next_id: u64,
+    pub connected: Value,
+}
+
+impl Client {
+    /// Connects with the token in the `Authorization` header and reads `connected`.
+    pub async fn connect(url: &str, user: &str) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        let bearer = format!("Bearer {}", token(user));
+        request
+            .headers_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the upgrade succeeds");
+        let mut client = Self::from_ws(ws);
+        client.connected = client.expect("connected").await;
+        client
+    }
+
+    pub fn from_ws(ws: Ws) -> Self {
+        Self {
+            ws,
+            pushes: VecDeque::new(),
+            next_id: 0,
+            connected: Value::Null,
+        }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::Text(text.into().into()))
+            .await
+            .expect("the frame is sent");
+    }
+
+    /// The next frame, or `None` at the close or after `WAIT`; a close is `{"close": code}`.
+    pub async fn next_frame(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match message {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("frames are JSON"));
+                }
+                Ok(Message::Close(frame)) => {
+                    return Some(json!({ "close": frame.map(|f| u16::from(f.code)) }));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a request and returns its answer (`ack` or `error` frame); pushes read meanwhile
+    /// are kept.
+    pub async fn request(&mut self, event: &str, data: Value) -> Value {
+        self.next_id += 1;
+        let id = format!("r-{}", self.next_id);
+        let frame = json!({ "event": event, "requestId": id, "data": data });
+        self.send_text(frame.to_string()).await;
+        self.answer(&id).await
+    }
+
+    pub async fn answer(&mut self, id: &str) -> Value {
+        loop {
+            let frame = self
+                .next_frame(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no answer to {id}"));
+            if frame["requestId"] == id {
+                return frame;
+            }
+            assert!(
+                frame.get("close").is_none(),
+                "closed while waiting for {id}: {frame}"
+            );
+            self.pushes.push_back(frame);
+        }
+    }
+
+    /// The ack data of a request that must succeed.
+    pub async fn ok(&mut self, event: &str, data: Value) -> Value {
+        let answer = self.request(event, data).await;
+        assert_eq!(answer["event"], "ack", "{event} failed: {answer}");
+        answer["data"].clone()
+    }
+
+    /// The error code of a request that must fail.
+    pub async fn fails(&mut self, event: &str, data: Value) -> String {
+        let answer = self.request(event, data).await;
+        assert_eq!(answer["event"], "error", "{event} should fail: {answer}");
+        answer["data"]["code"].as_str().unwrap().to_owned()
+    }
+
+    /// The data of the next push named `event` (others before it are kept).
+    pub async fn expect(&mut self, event: &str) -> Value {
+        self.expect_within(event, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {event} push"))
+    }
+
+    pub async fn expect_within(&mut self, event: &str, wait: Duration) -> Option<Value> {
+        if let Some(i) = self.pushes.iter().position(|p| p["event"] == event) {
+            return self.pushes.remove(i).map(|p| p["data"].clone());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = self.next_frame(left).await?;
+            if frame["event"] == event {
+                return Some(frame["data"].clone());
+            }
+            self.pushes.push_back(frame);
+        }
+    }
+
+    /// Asserts that no push named `event` arrives within `wait`.
+    pub async fn expect_none(&mut self, event: &str, wait: Duration) {
+        if let Some(data) = self.expect_within(event, wait).await {
+            panic!("unexpected {event}: {data}");
+        }
+    }
+
+    /// Waits for the close and returns its code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            let frame = self.next_frame(WAIT).await?;
+            if let Some(code) = frame.get("close") {
+                return code.as_u64().map(|c| c as u16);
+            }
+        }
+    }
+}
+
+/// Creates a conversation of `owner` with `others` and returns its id.
+pub async fn create_room(owner: &mut Client, others: &[&str]) -> String {
+    let data = owner
+        .ok(
+            "room:create",
+            json!({ "title": "test", "participantIds": others }),
+        )
+        .await;
+    data["conversation"]["id"].as_str().unwrap().to_owned()
+}
