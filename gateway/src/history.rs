@@ -96,13 +96,10 @@ impl StreamReader {
 }
 
 fn created_message(event: ConversationEvent) -> Option<ChatMessage> {
-    let Some(Kind::MessageCreated(created)) = event.kind else {
-        return None;
-    };
-    let mut message = created.message?;
-    message.id = event.seq;
-    message.conversation_id = event.conversation_id;
-    Some(message)
+    match event.kind {
+        Some(Kind::MessageCreated(created)) => created.message,
+        _ => None,
+    }
 }
 
 /// A page of messages in id order, and whether the window holds more.
@@ -137,6 +134,36 @@ pub async fn sync(
         .events_after(conversation_id, committed, MAX_STREAM_EVENTS)
         .await?;
     Ok(merge(stored, has_more || !complete, events, window, limit))
+}
+
+/// A message as it is now: the store's row (or, beyond the store, the stream's original), with
+/// every edit and delete the stream holds beyond the store's position folded in.
+pub async fn current_message(
+    worker: &WorkerClient,
+    reader: &StreamReader,
+    id: u64,
+) -> Result<ChatMessage, RequestError> {
+    let not_found = || RequestError::not_found("no such message");
+    let (base, known_through) = match worker.message(id).await {
+        Ok(v1::GetMessageReply {
+            message: Some(message),
+            committed_seq,
+        }) => (message, committed_seq),
+        Ok(reply) if id <= reply.committed_seq => return Err(not_found()),
+        Ok(_) | Err(CallError::Unavailable) => {
+            (reader.original(id).await?.ok_or_else(not_found)?, id)
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let (events, _) = reader
+        .events_after(
+            &base.conversation_id,
+            known_through.max(id),
+            MAX_STREAM_EVENTS,
+        )
+        .await?;
+    let (mut page, _) = merge(vec![base], false, events, Window::After(id - 1), 1);
+    page.pop().ok_or_else(not_found)
 }
 
 /// Folds `events` (all after the store's position, in order) into the store's page and cuts
@@ -219,8 +246,7 @@ mod tests {
     }
 
     fn created(seq: u64) -> ConversationEvent {
-        let mut m = message(0);
-        m.content = format!("m{seq}");
+        let m = message(seq);
         event(
             seq,
             Kind::MessageCreated(MessageCreated { message: Some(m) }),

@@ -366,6 +366,16 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Whether a socket is in a conversation: it is only put there by the store's membership
+    /// (at connect, after a join) or by the worker's membership events, so it is a member.
+    pub fn is_joined(&self, socket_id: SocketId, conversation_id: &str) -> bool {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry
+            .socket_rooms
+            .get(&socket_id)
+            .is_some_and(|rooms| rooms.contains(conversation_id))
+    }
+
     /// How many conversation subscriptions the node holds.
     pub fn num_subscriptions(&self) -> usize {
         self.inner

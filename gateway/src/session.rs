@@ -543,9 +543,12 @@ impl Session {
         Ok(Reply::Ack(self.connected().await?))
     }
 
-    /// Checks that the user is a member, from the cache or the worker.
+    /// Checks that the user is a member: from the socket's own rooms, the cache, or the worker.
     async fn require_member(&self, conversation_id: &str) -> Result<(), RequestError> {
         let shared = &self.gateway.shared;
+        if shared.hub.is_joined(self.socket.id, conversation_id) {
+            return Ok(());
+        }
         let key = (
             Arc::clone(&self.identity.user_id),
             Arc::<str>::from(conversation_id),
@@ -649,27 +652,6 @@ impl Session {
         }
     }
 
-    /// A message as it is now: from the store up to its position, else from the stream.
-    async fn find_message(&self, id: u64) -> Result<v1::ChatMessage, RequestError> {
-        let shared = &self.gateway.shared;
-        match shared.worker.message(id).await {
-            Ok(v1::GetMessageReply {
-                message: Some(message),
-                ..
-            }) => return Ok(message),
-            Ok(reply) if id <= reply.committed_seq => {
-                return Err(RequestError::not_found("no such message"));
-            }
-            Ok(_) | Err(crate::worker::CallError::Unavailable) => {}
-            Err(error) => return Err(error.into()),
-        }
-        shared
-            .reader
-            .original(id)
-            .await?
-            .ok_or_else(|| RequestError::not_found("no such message"))
-    }
-
     async fn own_message(
         &self,
         id: u64,
@@ -678,7 +660,8 @@ impl Session {
         if let Some(conversation_id) = conversation_id {
             validation::conversation_id(conversation_id)?;
         }
-        let message = self.find_message(id).await?;
+        let shared = &self.gateway.shared;
+        let message = history::current_message(&shared.worker, &shared.reader, id).await?;
         if conversation_id.is_some_and(|c| c != message.conversation_id) || message.deleted {
             return Err(RequestError::not_found("no such message"));
         }

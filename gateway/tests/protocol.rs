@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{Client, Cluster, SECRET, create_room};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -30,7 +30,10 @@ async fn refused_token(url: &str, token: &str) -> (serde_json::Value, Option<u16
         .await
         .expect("bad tokens are answered after the upgrade");
     let mut client = Client::from_ws(ws);
-    let frame = client.next_frame(common::WAIT).await.expect("an error frame");
+    let frame = client
+        .next_frame(common::WAIT)
+        .await
+        .expect("an error frame");
     (frame, client.expect_close().await)
 }
 
@@ -39,27 +42,43 @@ async fn bad_tokens_get_unauthorized_then_4401() {
     let cluster = Cluster::start().await;
     let url = cluster.url(0);
     let cases = [
-        ("expired", signed(json!({"sub": "a", "exp": now() - 3600}), SECRET), "expired"),
+        (
+            "expired",
+            signed(json!({"sub": "a", "exp": now() - 3600}), SECRET),
+            "expired",
+        ),
         (
             "not yet valid",
-            signed(json!({"sub": "a", "exp": now() + 3600, "nbf": now() + 1800}), SECRET),
+            signed(
+                json!({"sub": "a", "exp": now() + 3600, "nbf": now() + 1800}),
+                SECRET,
+            ),
             "not valid yet",
         ),
-        ("wrongly signed", signed(json!({"sub": "a", "exp": now() + 3600}), "not-the-secret"), "invalid"),
+        (
+            "wrongly signed",
+            signed(json!({"sub": "a", "exp": now() + 3600}), "not-the-secret"),
+            "invalid",
+        ),
         ("garbage", "not.a.jwt".to_owned(), "invalid"),
     ];
     for (name, token, needle) in cases {
         let (frame, close) = refused_token(&url, &token).await;
         assert_eq!(frame["event"], "error", "{name}");
         assert_eq!(frame["data"]["code"], "UNAUTHORIZED", "{name}");
-        assert!(frame["data"]["message"].as_str().unwrap().contains(needle), "{name}: {frame}");
+        assert!(
+            frame["data"]["message"].as_str().unwrap().contains(needle),
+            "{name}: {frame}"
+        );
         assert_eq!(close, Some(4401), "{name}");
     }
 
     // A first frame that is not `auth`.
     let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let mut client = Client::from_ws(ws);
-    client.send_text(json!({"event": "ping", "requestId": "p"}).to_string()).await;
+    client
+        .send_text(json!({"event": "ping", "requestId": "p"}).to_string())
+        .await;
     let frame = client.next_frame(common::WAIT).await.unwrap();
     assert_eq!(frame["data"]["code"], "UNAUTHORIZED");
     assert_eq!(frame["requestId"], "p");
@@ -72,16 +91,24 @@ async fn bad_tokens_get_unauthorized_then_4401() {
     // `auth` as the first frame works, and answers with `connected` as its ack.
     let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let mut client = Client::from_ws(ws);
-    let auth = json!({"event": "auth", "requestId": "a1", "data": {"token": common::token("dave")}});
+    let auth =
+        json!({"event": "auth", "requestId": "a1", "data": {"token": common::token("dave")}});
     client.send_text(auth.to_string()).await;
     let ack = client.answer("a1").await;
     assert_eq!(ack["event"], "ack");
     assert_eq!(ack["data"]["userId"], "dave");
     assert!(ack["data"]["sessionId"].as_str().is_some());
     // A fresh token for the same user is accepted; another user's is not.
-    let again = client.request("auth", json!({"token": common::token("dave")})).await;
+    let again = client
+        .request("auth", json!({"token": common::token("dave")}))
+        .await;
     assert_eq!(again["event"], "ack");
-    assert_eq!(client.fails("auth", json!({"token": common::token("eve")})).await, "FORBIDDEN");
+    assert_eq!(
+        client
+            .fails("auth", json!({"token": common::token("eve")}))
+            .await,
+        "FORBIDDEN"
+    );
 
     // The server is healthy after all that.
     let mut fine = cluster.client(0, "fine").await;
@@ -94,17 +121,23 @@ async fn bad_tokens_get_unauthorized_then_4401() {
 async fn forbidden_origins_and_wrong_paths_are_refused_before_the_upgrade() {
     let cluster = Cluster::start().await;
     let mut request = cluster.url(0).into_client_request().unwrap();
-    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
         other => panic!("expected HTTP 403, got {other:?}"),
     }
     let mut request = cluster.url(0).into_client_request().unwrap();
-    request.headers_mut().insert("origin", "https://app.example".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", "https://app.example".parse().unwrap());
     request
         .headers_mut()
         .insert("sec-websocket-protocol", "chat.v1.json".parse().unwrap());
-    let (_, response) = tokio_tungstenite::connect_async(request).await.expect("an allowed origin connects");
+    let (_, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("an allowed origin connects");
     assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v1.json");
     let wrong_path = format!("ws://{}/other", cluster.gateways[0].ws);
     match tokio_tungstenite::connect_async(wrong_path).await {
@@ -121,19 +154,35 @@ async fn bad_frames_get_errors_and_the_connection_stays() {
 
     let too_long = "x".repeat(5_001);
     let code = alice
-        .fails("message:send", json!({"conversationId": room, "content": too_long}))
+        .fails(
+            "message:send",
+            json!({"conversationId": room, "content": too_long}),
+        )
         .await;
     assert_eq!(code, "VALIDATION_ERROR");
-    let attachments: Vec<_> = (0..11).map(|i| json!({"externalFileId": format!("f{i}")})).collect();
+    let attachments: Vec<_> = (0..11)
+        .map(|i| json!({"externalFileId": format!("f{i}")}))
+        .collect();
     let code = alice
-        .fails("message:send", json!({"conversationId": room, "content": "x", "attachments": attachments}))
+        .fails(
+            "message:send",
+            json!({"conversationId": room, "content": "x", "attachments": attachments}),
+        )
         .await;
     assert_eq!(code, "VALIDATION_ERROR");
     let code = alice
-        .fails("message:send", json!({"conversationId": room, "content": "x", "type": "system"}))
+        .fails(
+            "message:send",
+            json!({"conversationId": room, "content": "x", "type": "system"}),
+        )
         .await;
     assert_eq!(code, "VALIDATION_ERROR");
-    assert_eq!(alice.fails("message:send", json!({"conversationId": room})).await, "VALIDATION_ERROR");
+    assert_eq!(
+        alice
+            .fails("message:send", json!({"conversationId": room}))
+            .await,
+        "VALIDATION_ERROR"
+    );
     let answer = alice.request("no:such:event", json!({})).await;
     assert_eq!(answer["data"]["code"], "PROTOCOL_ERROR");
     assert_eq!(answer["data"]["originalEvent"], "no:such:event");
@@ -153,7 +202,12 @@ async fn bad_frames_get_errors_and_the_connection_stays() {
     assert!(error["message"].as_str().unwrap().contains("larger than"));
 
     // Still connected and working.
-    alice.ok("message:send", json!({"conversationId": room, "content": "still here"})).await;
+    alice
+        .ok(
+            "message:send",
+            json!({"conversationId": room, "content": "still here"}),
+        )
+        .await;
 
     // Over the transport cap: closed with 1009.
     let huge = "x".repeat(300 * 1024);
@@ -175,28 +229,57 @@ async fn ids_full_of_subject_wildcards_reach_nobody_elses_events() {
         wild.push(cluster.client(1, user).await);
     }
     let room = create_room(&mut alice, &["bob"]).await;
-    alice.ok("message:send", json!({"conversationId": room, "content": "private"})).await;
-    alice.ok("typing:start", json!({"conversationId": room})).await;
+    alice
+        .ok(
+            "message:send",
+            json!({"conversationId": room, "content": "private"}),
+        )
+        .await;
+    alice
+        .ok("typing:start", json!({"conversationId": room}))
+        .await;
     bob.expect("message:new").await;
     alice.expect("message:new").await; // Her own, as every sender gets.
     for client in &mut wild {
-        client.expect_none("conversation:new", Duration::from_millis(300)).await;
-        client.expect_none("message:new", Duration::from_millis(10)).await;
-        client.expect_none("typing", Duration::from_millis(10)).await;
+        client
+            .expect_none("conversation:new", Duration::from_millis(300))
+            .await;
+        client
+            .expect_none("message:new", Duration::from_millis(10))
+            .await;
+        client
+            .expect_none("typing", Duration::from_millis(10))
+            .await;
     }
     // Wildcards as conversation ids name no conversation.
     for conversation_id in ["*", ">", "chat.>", "a b"] {
         let code = wild[0]
-            .fails("message:send", json!({"conversationId": conversation_id, "content": "x"}))
+            .fails(
+                "message:send",
+                json!({"conversationId": conversation_id, "content": "x"}),
+            )
             .await;
         assert_eq!(code, "NOT_FOUND", "{conversation_id}");
     }
     // A wildcard user's own room works like any other.
     let star_room = create_room(&mut wild[0], &["alice.>"]).await;
-    assert_eq!(wild[2].expect("conversation:new").await["conversation"]["id"], star_room);
-    wild[0].ok("message:send", json!({"conversationId": star_room, "content": "hi"})).await;
-    assert_eq!(wild[2].expect("message:new").await["message"]["senderId"], "*");
-    alice.expect_none("message:new", Duration::from_millis(300)).await;
+    assert_eq!(
+        wild[2].expect("conversation:new").await["conversation"]["id"],
+        star_room
+    );
+    wild[0]
+        .ok(
+            "message:send",
+            json!({"conversationId": star_room, "content": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        wild[2].expect("message:new").await["message"]["senderId"],
+        "*"
+    );
+    alice
+        .expect_none("message:new", Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +309,10 @@ async fn health_and_readiness_on_the_admin_port() {
             break;
         }
         assert!(ready.contains("not ready: nats"), "{ready}");
-        assert!(tokio::time::Instant::now() < deadline, "never ready: {ready}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {ready}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _alice = cluster.client(0, "alice").await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use crate::subjects;
-use crate::v1::{ConversationEvent, UserEvent};
+use crate::v1::{ConversationEvent, UserEvent, conversation_event::Kind};
 
 /// Failures of the bus.
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +106,18 @@ pub async fn publish(
     Ok((event, stored))
 }
 
-/// Decodes a stream or live payload; `seq` is taken from the stream when given.
+/// Decodes a stream or live payload. `seq` is taken from the stream when given; a created
+/// message gets its id (its `seq`) and conversation, which its publisher could not know.
 pub fn decode_event(payload: &[u8], seq: Option<u64>) -> Result<ConversationEvent, BusError> {
     let mut event = ConversationEvent::decode(payload)?;
     if let Some(seq) = seq {
         event.seq = seq;
+    }
+    if let Some(Kind::MessageCreated(created)) = &mut event.kind
+        && let Some(message) = &mut created.message
+    {
+        message.id = event.seq;
+        message.conversation_id.clone_from(&event.conversation_id);
     }
     Ok(event)
 }

@@ -120,12 +120,10 @@ fn apply_event(tx: &Transaction<'_>, event: &ConversationEvent) -> Result<(), St
     };
     match kind {
         Kind::MessageCreated(created) => {
+            // `bus::decode_event` gave the message its id and conversation.
             let Some(message) = &created.message else {
                 return Ok(());
             };
-            let mut message = message.clone();
-            message.id = event.seq;
-            message.conversation_id = conversation_id.to_owned();
             tx.execute(
                 "INSERT INTO messages (id, conversation_id, body, content, updated_seq)
                  VALUES (?1, ?2, ?3, ?4, ?1) ON CONFLICT (id) DO NOTHING",
@@ -469,6 +467,8 @@ mod tests {
             seq,
             Kind::MessageCreated(MessageCreated {
                 message: Some(ChatMessage {
+                    id: seq,
+                    conversation_id: "c1".into(),
                     sender_id: "alice".into(),
                     r#type: "chat".into(),
                     content: content.into(),
