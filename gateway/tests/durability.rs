@@ -39,6 +39,23 @@ async fn messages_acked_while_the_worker_is_down_are_stored_once_it_returns() {
             assert_eq!(again["message"]["id"], ack["message"]["id"]);
         }
     }
+    // Ownership checks see the stream beyond the store: a deleted message stays deleted.
+    let doomed = *acked.first().unwrap();
+    alice
+        .ok("message:delete", json!({"messageId": doomed}))
+        .await;
+    let code = alice
+        .fails(
+            "message:edit",
+            json!({"messageId": doomed, "content": "undead"}),
+        )
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+    assert_eq!(
+        bob.fails("message:delete", json!({"messageId": doomed + 1}))
+            .await,
+        "FORBIDDEN"
+    );
     // Live delivery and reads go on without the worker (reads from the stream alone).
     for _ in 0..20 {
         bob.expect("message:new").await;
@@ -49,7 +66,10 @@ async fn messages_acked_while_the_worker_is_down_are_stored_once_it_returns() {
             json!({"conversationId": room, "limit": 100}),
         )
         .await;
-    assert_eq!(page["messages"].as_array().unwrap().len(), 21);
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 21);
+    let tombstone = messages.iter().find(|m| m["id"] == doomed).unwrap();
+    assert_eq!(tombstone["deleted"], true);
 
     cluster.restart_worker().await;
     let store = SqliteStore::open(&db_path(&cluster.dir)).unwrap();
