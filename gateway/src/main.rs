@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use chat_gateway::config::{Cli, Command};
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -20,15 +19,7 @@ async fn main() -> ExitCode {
             };
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.config.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    chat_proto::service::init_tracing(cli.config.log_json);
     if let Some(Command::DevToken { user, ttl, role }) = &cli.command {
         let Some(secret) = &cli.config.jwt_secret else {
             eprintln!("dev-token needs --jwt-secret (or CHAT_JWT_SECRET)");
@@ -66,17 +57,12 @@ async fn serve(settings: chat_gateway::Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to bind the admin port {admin_listen}"))?;
     tracing::info!(ws = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
-    chat_gateway::run(settings, listener, admin, shutdown_signal())
-        .await
-        .context("the gateway stopped")
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler can be installed");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    chat_gateway::run(
+        settings,
+        listener,
+        admin,
+        chat_proto::service::shutdown_signal(),
+    )
+    .await
+    .context("the gateway stopped")
 }

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,13 +18,7 @@ async fn main() -> ExitCode {
             };
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    chat_proto::service::init_tracing(config.log_json);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -36,17 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: chat_persistence_worker::Config) -> anyhow::Result<()> {
-    chat_persistence_worker::run(config, shutdown_signal())
+    chat_persistence_worker::run(config, chat_proto::service::shutdown_signal())
         .await
         .context("the worker stopped")
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler can be installed");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

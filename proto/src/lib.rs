@@ -7,6 +7,8 @@
 //! - [`client`]: the client protocol v1 (JSON over WebSocket): envelopes, codes, payloads.
 //! - [`bus`]: publishing conversation events durably, then live.
 //! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
+//! - `service` (feature `service`): logging and the shutdown signal of every binary.
+//! - `testing` (feature `test-util`): a real `nats-server` for tests.
 //!
 //! Nothing here depends on a binary.
 
@@ -14,6 +16,9 @@ pub mod bus;
 pub mod client;
 pub mod subjects;
 pub mod timestamp;
+
+#[cfg(feature = "service")]
+pub mod service;
 
 /// Generated code of the `chat.v1` protobuf package.
 #[allow(unreachable_pub, clippy::all, missing_docs)]
