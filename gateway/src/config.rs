@@ -46,7 +46,7 @@ pub struct Config {
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Address of the admin listener (`/healthz`, `/readyz`).
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: SocketAddr,
 

@@ -49,6 +49,8 @@ pub const TYPING_TTL: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most frames the writer sends before it flushes.
 const WRITE_BATCH: usize = 64;
+/// How long an evicted socket's writer keeps trying to deliver what it holds and the close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
 /// Longest event name echoed back in an error.
 const MAX_ECHOED_EVENT_CHARS: usize = 64;
 
@@ -908,7 +910,7 @@ async fn write_loop(
         let first = tokio::select! {
             biased;
             code = eviction.evicted() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(send_close(code))).await;
+                let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;
                 return;
             }
             first = outbox.recv() => first,
@@ -939,7 +941,12 @@ async fn write_loop(
         };
         let written = tokio::select! {
             biased;
-            _ = eviction.evicted() => return, // Stuck writing to a peer that does not read.
+            code = eviction.evicted() => {
+                // Stuck writing to a peer that does not read: what was half written is flushed
+                // before the close frame, if the peer reads again soon.
+                let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;
+                return;
+            }
             written = write => written,
         };
         if let Err(error) = written {

@@ -285,21 +285,8 @@ async fn ids_full_of_subject_wildcards_reach_nobody_elses_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_on_the_admin_port() {
     let cluster = Cluster::start().await;
-    let get = |path: &str| {
-        let admin = cluster.gateways[0].admin;
-        let path = path.to_owned();
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-            stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        }
-    };
+    let admin = cluster.gateways[0].admin;
+    let get = |path: &'static str| common::get(admin, path);
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     // Ready once NATS is connected (it connects in the background at start).
     let deadline = tokio::time::Instant::now() + common::WAIT;

@@ -217,6 +217,26 @@ impl Client {
         client
     }
 
+    /// Like [`Client::connect`], with a tiny TCP receive buffer: a client that stops reading
+    /// fills it at once.
+    pub async fn connect_small_buffer(url: &str, user: &str) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        let bearer = format!("Bearer {}", token(user));
+        request
+            .headers_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        let host = request.uri().authority().unwrap().as_str().to_owned();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4 * 1024).unwrap();
+        let stream = socket.connect(host.parse().unwrap()).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("the upgrade succeeds");
+        let mut client = Self::from_ws(ws);
+        client.connected = client.expect("connected").await;
+        client
+    }
+
     pub fn from_ws(ws: Ws) -> Self {
         Self {
             ws,
@@ -340,4 +360,17 @@ pub async fn create_room(owner: &mut Client, others: &[&str]) -> String {
         )
         .await;
     data["conversation"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `GET path` on an admin port; the whole response.
+pub async fn get(admin: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
