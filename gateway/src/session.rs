@@ -181,7 +181,7 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     let (sink, mut frames) = ws.split();
     let (outbox, outbox_rx) = mpsc::channel(shared.settings.config.outbox_frames);
     let eviction = Arc::new(Eviction::default());
-    let writer = tokio::spawn(write_loop(sink, outbox_rx, Arc::clone(&eviction)));
+    let mut writer = tokio::spawn(write_loop(sink, outbox_rx, Arc::clone(&eviction)));
 
     let (identity, request_id) = match authenticate(&gateway, upgrade, &mut frames).await {
         Ok(found) => found,
@@ -191,7 +191,7 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
             }
             let _ = outbox.try_send(Outbound::Close(code, close_reason(code)));
             drop(outbox);
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+            end_writer(&mut writer).await;
             return;
         }
     };
@@ -212,20 +212,33 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
         typing: HashMap::new(),
     };
     shared.hub.register(&session.socket);
+    let mut pending = FuturesOrdered::new();
     match session.connected().await {
-        Ok(payload) => match request_id {
-            Some(id) => session.emit(client::ack(&id, payload)),
-            None => session.emit(client::push("connected", payload)),
-        },
+        Ok(payload) => {
+            session.emit(match request_id {
+                Some(id) => client::ack(&id, payload),
+                None => client::push("connected", payload),
+            });
+            session.serve(&mut frames, &mut pending, shutdown).await;
+        }
         Err(error) => {
+            // Without its rooms the socket would miss messages: the client reconnects.
             session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
             session.close(close::INTERNAL);
         }
     }
-    let mut pending = FuturesOrdered::new();
-    session.serve(&mut frames, &mut pending, shutdown).await;
     session.finish(pending).await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    end_writer(&mut writer).await;
+}
+
+/// Waits for the writer to deliver what it holds, within the close linger; then ends it.
+async fn end_writer(writer: &mut tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(CLOSE_LINGER + Duration::from_secs(1), &mut *writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 fn close_reason(code: u16) -> &'static str {
