@@ -1,15 +1,19 @@
-//! `chat-loadtest`: the load harness. Scenarios so far:
+//! `chat-loadtest`: the load harness. It drives real WebSocket clients against one gateway or a
+//! cluster (a list of URLs, spread as a load balancer would) and reports what users feel.
 //!
-//! - `bus-longtail`: the bus under a long tail of quiet conversations. It fills a stream with
-//!   about 100,000 conversations (hundreds of MB), lets the server's block cache go cold, then
-//!   sends to quiet and to hot conversations and reports send-to-ack and send-to-delivery
-//!   latency for each, through the product's mechanism (durable publish, then a live publish
-//!   after the ack) or through the stream's RePublish, for comparison.
-//!
-//! The socket-level scenarios (idle, fanout, ramp, longtail, storm) come with the load-harness
-//! issue.
+//! Scenarios ([`scenarios`]): `idle`, `fanout`, `ramp`, `longtail`, `storm`, and the bus-level
+//! `bus-longtail` ([`bus_longtail`]). A run is a parent ([`scenario`]) and agent processes
+//! ([`agent`]): each agent holds a share of the sockets (a process may have only so many open
+//! files) and ships raw histograms and receipt counts ([`wire`]) that the parent merges into the
+//! report ([`report`]: terminal, JSON, SVG). It connects only to the URLs it is given, and every
+//! run is bounded in sockets and time.
 
-mod longtail;
+mod agent;
+mod bus_longtail;
+mod report;
+mod scenario;
+mod scenarios;
+mod wire;
 
 use clap::{Parser, Subcommand};
 
@@ -26,13 +30,45 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Publish-to-ack and publish-to-delivery for quiet and hot conversations on a large stream.
-    BusLongtail(longtail::Options),
+    /// Open N authenticated sockets with a realistic membership and hold them.
+    Idle(scenarios::IdleOptions),
+    /// Rooms of members spread over the gateways, senders at a total rate (open loop).
+    Fanout(scenarios::FanoutOptions),
+    /// `fanout` with the rate stepped up until p99 passes a bound.
+    Ramp(scenarios::RampOptions),
+    /// Quiet and hot conversations on a stream of hundreds of MB: send-to-ack and -delivery.
+    Longtail(scenarios::LongtailOptions),
+    /// Drop every socket at once and reconnect them during a `fanout`.
+    Storm(scenarios::StormOptions),
+    /// The bus alone: publish-to-ack and -delivery on a long-tail stream (see docs/BENCHMARKS.md).
+    BusLongtail(bus_longtail::Options),
+    /// Internal: an agent process, driven by its parent over stdin/stdout.
+    #[command(hide = true)]
+    Agent,
+}
+
+/// Raises the soft open-files limit to the hard one; returns the limit in force.
+pub(crate) fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            eprintln!(
+                "cannot raise the open-files limit: {error}; raise `ulimit -n` (hard limit) to run more sockets"
+            );
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
-        Scenario::BusLongtail(options) => longtail::run(options).await,
+        Scenario::Idle(options) => scenarios::idle(options).await.map(drop),
+        Scenario::Fanout(options) => scenarios::fanout(options).await.map(drop),
+        Scenario::Ramp(options) => scenarios::ramp(options).await.map(drop),
+        Scenario::Longtail(options) => scenarios::longtail(options).await.map(drop),
+        Scenario::Storm(options) => scenarios::storm(options).await.map(drop),
+        Scenario::BusLongtail(options) => bus_longtail::run(options).await,
+        Scenario::Agent => agent::run().await,
     }
 }

@@ -1,4 +1,5 @@
-//! The `bus-longtail` scenario (see the crate documentation).
+//! The `bus-longtail` scenario (see the crate documentation), and the long-tail fill that the
+//! socket-level `longtail` scenario shares.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,36 +99,14 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         .await
         .context("failed to create the stream")?;
 
-    let filler = "x".repeat(options.content_bytes);
-    let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
-    let total = options.quiet * options.fill_per_conversation;
-    for i in 0..total {
-        let conversation = format!("quiet-{}", i % options.quiet);
-        let hot = format!("hot-{}", (i / 50) % options.hot);
-        for conversation_id in [conversation, hot]
-            .into_iter()
-            .take(if i % 50 == 0 { 2 } else { 1 })
-        {
-            let ack =
-                bus::start_durable(&js, &event(conversation_id, filler.clone()), None).await?;
-            in_flight.push(bus::finish_durable(ack));
-        }
-        while in_flight.len() > 2_000 {
-            in_flight.next().await.expect("not empty")?;
-        }
-    }
-    while let Some(ack) = in_flight.next().await {
-        ack?;
-    }
-    let info = js.get_stream(subjects::STREAM).await?.info().await?.clone();
-    println!(
-        "filled: {} messages, {} MB, {} subjects, in {:.1} s",
-        info.state.messages,
-        info.state.bytes / 1_000_000,
-        info.state.subjects_count,
-        started.elapsed().as_secs_f64()
-    );
+    fill(
+        &js,
+        options.quiet,
+        options.fill_per_conversation,
+        options.hot,
+        options.content_bytes,
+    )
+    .await?;
     println!(
         "cooling down {:?} so that the server's block cache forgets the fill",
         options.cool_down
@@ -261,5 +240,45 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Fills the stream with `quiet × per_conversation` messages to conversations `quiet-<i>`, and
+/// one in fifty more to `hot-<j>`, each with `content_bytes` of content; prints what it made.
+pub(crate) async fn fill(
+    js: &jetstream::Context,
+    quiet: usize,
+    per_conversation: usize,
+    hot: usize,
+    content_bytes: usize,
+) -> anyhow::Result<()> {
+    let filler = "x".repeat(content_bytes);
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for i in 0..quiet * per_conversation {
+        let conversation = format!("quiet-{}", i % quiet);
+        let hot = format!("hot-{}", (i / 50) % hot.max(1));
+        for conversation_id in [conversation, hot]
+            .into_iter()
+            .take(if i % 50 == 0 { 2 } else { 1 })
+        {
+            let ack = bus::start_durable(js, &event(conversation_id, filler.clone()), None).await?;
+            in_flight.push(bus::finish_durable(ack));
+        }
+        while in_flight.len() > 2_000 {
+            in_flight.next().await.expect("not empty")?;
+        }
+    }
+    while let Some(ack) = in_flight.next().await {
+        ack?;
+    }
+    let info = js.get_stream(subjects::STREAM).await?.info().await?.clone();
+    println!(
+        "filled: {} messages, {} MB, {} subjects, in {:.1} s",
+        info.state.messages,
+        info.state.bytes / 1_000_000,
+        info.state.subjects_count,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

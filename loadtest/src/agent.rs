@@ -1,0 +1,561 @@
+//! An agent process: opens its share of the sockets and runs the phases the parent asks for.
+//!
+//! Each socket is a task. Senders send open-loop: message `k` of a phase is due at
+//! `start + k / rate`, carries that intended time in its content, and is sent as soon as it is
+//! due, whatever became of the earlier ones, so a stalled server cannot hide its stall. A
+//! receiver reads the intended time back and records delivery latency from it. Content:
+//! `lt:<phase>:<intended µs since the epoch>:<sender>:<k>`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::wire::{
+    AgentConfig, Buckets, Command, ConnectReport, Event, Phase, PhaseReport, Receipts,
+    SenderReceipts, Socket, histogram,
+};
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub(crate) fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A phase as the sockets see it, numbered.
+#[derive(Debug, Clone, Copy, Default)]
+struct Current {
+    id: u64,
+    phase: Option<Phase>,
+}
+
+#[derive(Default)]
+struct Results {
+    latency: Option<Histogram<u64>>,
+    ack_latency: Option<Histogram<u64>>,
+    per_second: Vec<Histogram<u64>>,
+    sent: BTreeMap<u32, u64>,
+    receipts: Vec<Receipts>,
+    closed: BTreeMap<String, u64>,
+}
+
+struct Shared {
+    secret: String,
+    current: watch::Receiver<Current>,
+    storms: watch::Receiver<u64>,
+    results: Mutex<Results>,
+    acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    unix_micros() / 1000
+}
+
+/// Runs an agent on stdin/stdout until `Quit` or the end of stdin.
+pub(crate) async fn run() -> anyhow::Result<()> {
+    let limit = crate::raise_nofile_limit();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let config: AgentConfig =
+        serde_json::from_str(&lines.next_line().await?.context("no config line")?)?;
+    if (config.sockets.len() as u64) + 64 > limit {
+        anyhow::bail!(
+            "{} sockets need more open files than this process may have ({limit}); use more agents",
+            config.sockets.len()
+        );
+    }
+    let (current_tx, current) = watch::channel(Current::default());
+    let (storms_tx, storms) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        secret: config.secret.clone(),
+        current,
+        storms,
+        results: Mutex::default(),
+        acked: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+
+    let (outcomes_tx, mut outcomes) = mpsc::channel(config.sockets.len().max(1));
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / config.connect_rate.max(0.001));
+    for (i, socket) in config.sockets.iter().cloned().enumerate() {
+        let source = config.source_ips[i % config.source_ips.len()];
+        let (shared, outcomes) = (Arc::clone(&shared), outcomes_tx.clone());
+        let due = tokio::time::Instant::now() + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            socket_task(socket, source, shared, outcomes).await;
+        });
+    }
+    drop(outcomes_tx);
+    let report = collect_connects(&mut outcomes, config.sockets.len(), started).await;
+    emit(&Event::Connected(report));
+
+    let mut phase_id = 0;
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<Command>(&line)? {
+            Command::Run(phase) => {
+                phase_id += 1;
+                *shared.results.lock().expect("results lock") = Results::default();
+                shared.acked.store(0, Ordering::Relaxed);
+                shared.errors.store(0, Ordering::Relaxed);
+                current_tx.send_replace(Current {
+                    id: phase_id,
+                    phase: Some(phase),
+                });
+                // The phase runs on while further commands (a storm) arrive.
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let end = phase.start_unix_ms + phase.duration_ms + phase.drain_ms;
+                    tokio::time::sleep(Duration::from_millis(end.saturating_sub(now_ms()) + 300))
+                        .await;
+                    emit(&Event::Ran(take_report(&shared)));
+                });
+            }
+            Command::Storm => {
+                let started = Instant::now();
+                storms_tx.send_modify(|n| *n += 1);
+                let report = collect_connects(&mut outcomes, config.sockets.len(), started).await;
+                emit(&Event::Stormed(report));
+            }
+            Command::Quit => break,
+        }
+    }
+    Ok(())
+}
+
+fn emit(event: &Event) {
+    println!(
+        "{}",
+        serde_json::to_string(event).expect("events serialize")
+    );
+}
+
+type Outcome = Result<Duration, String>;
+
+async fn collect_connects(
+    outcomes: &mut mpsc::Receiver<Outcome>,
+    count: usize,
+    started: Instant,
+) -> ConnectReport {
+    let mut report = ConnectReport::default();
+    let mut latency = histogram();
+    let deadline =
+        tokio::time::Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(5 + count as u64 / 100);
+    for _ in 0..count {
+        match tokio::time::timeout_at(deadline, outcomes.recv()).await {
+            Ok(Some(Ok(took))) => {
+                report.connected += 1;
+                latency.record((took.as_micros() as u64).max(1)).ok();
+            }
+            Ok(Some(Err(kind))) => {
+                report.failed += 1;
+                *report.errors.entry(kind).or_default() += 1;
+            }
+            Ok(None) | Err(_) => {
+                report.failed += 1;
+                *report
+                    .errors
+                    .entry("no outcome in time".into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    report.latency = Buckets::of(&latency);
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+fn take_report(shared: &Shared) -> PhaseReport {
+    let mut results = shared.results.lock().expect("results lock");
+    let results = std::mem::take(&mut *results);
+    PhaseReport {
+        latency: results
+            .latency
+            .as_ref()
+            .map(Buckets::of)
+            .unwrap_or_default(),
+        ack_latency: results
+            .ack_latency
+            .as_ref()
+            .map(Buckets::of)
+            .unwrap_or_default(),
+        per_second: results.per_second.iter().map(Buckets::of).collect(),
+        sent: results.sent,
+        acked: shared.acked.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        receipts: results.receipts,
+        closed: results.closed,
+    }
+}
+
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a socket as `socket.user_id` from `source` and waits for `connected`.
+pub(crate) async fn connect(socket: &Socket, source: Ipv4Addr, secret: &str) -> Result<Ws, String> {
+    let mut request = socket
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let token = chat_gateway::auth::mint_hs256(
+        secret.as_bytes(),
+        &socket.user_id,
+        Duration::from_secs(24 * 3600),
+        None,
+    );
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "bad token header")?,
+    );
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or("no host in the URL")?
+        .as_str()
+        .to_owned();
+    let target: SocketAddr = tokio::net::lookup_host(&authority)
+        .await
+        .map_err(|e| format!("resolve: {e}"))?
+        .next()
+        .ok_or("no address")?;
+    let tcp = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
+    tcp.bind(SocketAddr::from((source, 0)))
+        .map_err(|e| format!("bind: {}", e.kind()))?;
+    let stream = tcp
+        .connect(target)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    // tungstenite zero-fills its read buffer on every read: keep it small.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.starts_with(r#"{"event":"connected""#) => {
+                return Ok(ws);
+            }
+            Some(Ok(Message::Text(text))) if text.contains(r#""event":"error""#) => {
+                return Err(format!("refused: {}", crate::report::error_code(&text)));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(format!("closed {}", frame.map_or(0, |f| u16::from(f.code))));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("read: {e}")),
+            None => return Err("closed before connected".into()),
+        }
+    }
+}
+
+/// When message `k` of `sender` is due, µs since the epoch. Senders are offset from each other
+/// by a fraction of their interval (golden-ratio spacing), so that they do not all send at once.
+fn due_micros(p: &Phase, sender: u32, k: u64) -> u64 {
+    let offset = (f64::from(sender) * 0.618_033_988_75).fract();
+    p.start_unix_ms * 1000 + ((k as f64 + offset) * 1e6 / p.rate_per_sender.max(1e-9)) as u64
+}
+
+/// A socket's receipts in the current phase.
+#[derive(Default)]
+struct Tally {
+    from: BTreeMap<u32, (Vec<u64>, u64, SenderReceipts)>,
+}
+
+impl Tally {
+    fn record(&mut self, sender: u32, k: u64) {
+        let (seen, last, receipts) = self.from.entry(sender).or_default();
+        let (word, bit) = ((k / 64) as usize, k % 64);
+        if seen.len() <= word {
+            seen.resize(word + 1, 0);
+        }
+        if seen[word] & (1 << bit) != 0 {
+            receipts.duplicate += 1;
+            return;
+        }
+        seen[word] |= 1 << bit;
+        receipts.unique += 1;
+        if receipts.unique > 1 && k < *last {
+            receipts.out_of_order += 1;
+        }
+        *last = (*last).max(k);
+    }
+
+    fn into_receipts(self, room: String) -> Receipts {
+        Receipts {
+            room,
+            from: self.from.into_iter().map(|(s, (_, _, r))| (s, r)).collect(),
+        }
+    }
+}
+
+/// Parses `lt:<phase>:<t>:<sender>:<k>` out of a `message:new` frame without a full JSON parse.
+fn parse_marker(text: &str) -> Option<(u64, u64, u32, u64)> {
+    let start = text.find("\"content\":\"lt:")? + "\"content\":\"lt:".len();
+    let rest = &text[start..];
+    let mut parts = rest[..rest.find('"')?].split(':');
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
+}
+
+fn record(histogram: &mut Option<Histogram<u64>>, micros: u64) {
+    histogram
+        .get_or_insert_with(crate::wire::histogram)
+        .record(micros.max(1))
+        .ok();
+}
+
+async fn socket_task(
+    socket: Socket,
+    source: Ipv4Addr,
+    shared: Arc<Shared>,
+    outcomes: mpsc::Sender<Outcome>,
+) {
+    let mut storms = shared.storms.clone();
+    let mut current = shared.current.clone();
+    let phase = *current.borrow_and_update();
+    let mut state = SocketState {
+        phase,
+        tally: Tally::default(),
+        next_k: 0,
+        reported: phase.phase.is_none(),
+    };
+    loop {
+        let started = Instant::now();
+        let ws =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(&socket, source, &shared.secret)).await;
+        let ws = match ws {
+            Ok(Ok(ws)) => {
+                let _ = outcomes.send(Ok(started.elapsed())).await;
+                ws
+            }
+            Ok(Err(kind)) => {
+                let _ = outcomes.send(Err(kind)).await;
+                return;
+            }
+            Err(_) => {
+                let _ = outcomes.send(Err("timed out".into())).await;
+                return;
+            }
+        };
+        storms.borrow_and_update();
+        if !run_socket(ws, &socket, &shared, &mut current, &mut storms, &mut state).await {
+            return;
+        }
+        // A storm: the socket was dropped; connect again at once.
+    }
+}
+
+/// What a socket knows of the current phase; kept across reconnections.
+struct SocketState {
+    phase: Current,
+    tally: Tally,
+    next_k: u64,
+    reported: bool,
+}
+
+/// Runs one connection; true when a storm asks for a reconnection.
+async fn run_socket(
+    ws: Ws,
+    socket: &Socket,
+    shared: &Shared,
+    current: &mut watch::Receiver<Current>,
+    storms: &mut watch::Receiver<u64>,
+    state: &mut SocketState,
+) -> bool {
+    let (mut sink, mut stream) = ws.split();
+    let SocketState {
+        phase,
+        tally,
+        next_k,
+        reported,
+    } = state;
+    loop {
+        let (send_due, report_due) = match phase.phase {
+            Some(p) => {
+                let sending_class = p.class.is_none_or(|c| c == socket.class);
+                let due_us = socket
+                    .sender
+                    .map_or(u64::MAX, |s| due_micros(&p, s, *next_k));
+                let sending = sending_class && due_us < (p.start_unix_ms + p.duration_ms) * 1000;
+                (
+                    sending.then_some(due_us),
+                    (!*reported).then_some((p.start_unix_ms + p.duration_ms + p.drain_ms) * 1000),
+                )
+            }
+            None => (None, None),
+        };
+        tokio::select! {
+            _ = storms.changed() => return true,
+            changed = current.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+                *phase = *current.borrow_and_update();
+                *tally = Tally::default();
+                *next_k = 0;
+                *reported = false;
+            }
+            () = sleep_until_unix_us(send_due) => {
+                let (Some(p), Some(sender), Some(room)) = (phase.phase, socket.sender, &socket.room) else { continue };
+                // Send every message that is due, even if late: latency counts from the due time.
+                let now = unix_micros();
+                let mut batch = 0;
+                loop {
+                    let due_us = due_micros(&p, sender, *next_k);
+                    if due_us > now || due_us >= (p.start_unix_ms + p.duration_ms) * 1000 || batch == 64 {
+                        break;
+                    }
+                    let frame = format!(
+                        r#"{{"event":"message:send","requestId":"{}:{next_k}","data":{{"conversationId":"{room}","content":"lt:{}:{due_us}:{sender}:{next_k}"}}}}"#,
+                        phase.id, phase.id
+                    );
+                    if sink.feed(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
+                        return false;
+                    }
+                    *next_k += 1;
+                    batch += 1;
+                }
+                if sink.flush().await.is_err() {
+                    return false;
+                }
+                *shared.results.lock().expect("results lock").sent.entry(sender).or_default() = *next_k;
+            }
+            () = sleep_until_unix_us(report_due) => {
+                *reported = true;
+                if let Some(room) = &socket.room {
+                    let receipts = std::mem::take(tally).into_receipts(room.clone());
+                    shared.results.lock().expect("results lock").receipts.push(receipts);
+                }
+            }
+            frame = stream.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(frame))) => {
+                        let code = frame.map_or(0, |f| u16::from(f.code)).to_string();
+                        *shared.results.lock().expect("results lock").closed.entry(code).or_default() += 1;
+                        return false;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        *shared.results.lock().expect("results lock").closed.entry("reset".into()).or_default() += 1;
+                        return false;
+                    }
+                };
+                on_frame(&text, *phase, socket.sender, shared, tally);
+            }
+        }
+    }
+}
+
+fn on_frame(text: &str, phase: Current, sender: Option<u32>, shared: &Shared, tally: &mut Tally) {
+    let now = unix_micros();
+    if text.starts_with(r#"{"event":"message:new""#) {
+        let Some((id, due_us, sender, k)) = parse_marker(text) else {
+            return;
+        };
+        if id != phase.id {
+            return; // A straggler of an earlier phase.
+        }
+        tally.record(sender, k);
+        let mut results = shared.results.lock().expect("results lock");
+        record(&mut results.latency, now.saturating_sub(due_us));
+        if let Some(p) = phase.phase {
+            let second = (due_us / 1000).saturating_sub(p.start_unix_ms) / 1000;
+            let second = usize::try_from(second).unwrap_or(usize::MAX).min(3_600);
+            if results.per_second.len() <= second {
+                results
+                    .per_second
+                    .resize_with(second + 1, crate::wire::histogram);
+            }
+            results.per_second[second]
+                .record(now.saturating_sub(due_us).max(1))
+                .ok();
+        }
+    } else if text.starts_with(r#"{"event":"ack""#) {
+        shared.acked.fetch_add(1, Ordering::Relaxed);
+        let (Some(p), Some(sender)) = (phase.phase, sender) else {
+            return;
+        };
+        // requestId "<phase>:<k>": the due time follows from k.
+        let Some(k) = text
+            .split_once(r#""requestId":""#)
+            .and_then(|(_, rest)| rest.split('"').next())
+            .and_then(|id| id.split_once(':'))
+            .filter(|(id, _)| id.parse() == Ok(phase.id))
+            .and_then(|(_, k)| k.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let due_us = due_micros(&p, sender, k);
+        record(
+            &mut shared.results.lock().expect("results lock").ack_latency,
+            now.saturating_sub(due_us),
+        );
+    } else if text.starts_with(r#"{"event":"error""#) {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn sleep_until_unix_us(due: Option<u64>) {
+    match due {
+        Some(due) => {
+            tokio::time::sleep(Duration::from_micros(due.saturating_sub(unix_micros()))).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_is_found_in_a_message_frame() {
+        let frame = r#"{"event":"message:new","data":{"message":{"attachments":[],"content":"lt:3:1795456264123456:17:42","id":9}}}"#;
+        assert_eq!(
+            parse_marker(frame),
+            Some((3, 1_795_456_264_123_456, 17, 42))
+        );
+        assert_eq!(
+            parse_marker(r#"{"event":"message:new","data":{"content":"hello"}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn a_tally_counts_duplicates_and_disorder() {
+        let mut tally = Tally::default();
+        for k in [0, 1, 3, 2, 3, 200] {
+            tally.record(7, k);
+        }
+        let receipts = tally.into_receipts("r".into()).from[&7];
+        assert_eq!(
+            (receipts.unique, receipts.duplicate, receipts.out_of_order),
+            (5, 1, 1)
+        );
+    }
+}
