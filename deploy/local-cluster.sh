@@ -25,19 +25,27 @@ CHAT_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export CHAT_JWT_SECRET
 (umask 077 && printf '%s' "$CHAT_JWT_SECRET" >"$state/dev-secret")
 
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$nats_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
+  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set NATS_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
+done
+
 pids=()
 cleanup() {
   trap - EXIT INT TERM
   echo; echo "stopping…"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
+  # Gateways first (they drain), then the worker, then NATS.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$state/nats" >"$state/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+  port_free "$nats_port" || break
   sleep 0.1
 done
 
@@ -57,11 +65,11 @@ for i in 0 1; do
     >"$state/gateway-$((i + 1)).log" 2>&1 &
   pids+=($!)
 done
-ready() {
-  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+ready() (
+  exec 3<>"/dev/tcp/127.0.0.1/$1"
   printf 'GET /readyz HTTP/1.1\r\nhost: local\r\n\r\n' >&3
   head -c 12 <&3 | grep -q 200
-}
+)
 for i in 0 1; do
   for _ in $(seq 100); do
     ready "${admin_ports[$i]}" 2>/dev/null && break
@@ -90,4 +98,4 @@ Try it (two terminals, with websocat or any WebSocket client):
 
 Ctrl-C stops everything.
 INFO
-wait
+wait -n || true

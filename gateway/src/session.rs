@@ -382,12 +382,16 @@ impl Session {
         ping.reset();
         let mut last_heard = Instant::now();
         let idle_timeout = config.idle_timeout;
+        // Built once: a future made anew on every turn of the loop costs a registration each time.
         let eviction = Arc::clone(&self.eviction);
+        let evicted = eviction.evicted();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(evicted, shutting_down);
         loop {
             let typing_due = self.typing.values().min().copied();
             tokio::select! {
-                _ = eviction.evicted() => return,
-                () = shutdown.cancelled() => {
+                _ = &mut evicted => return,
+                () = &mut shutting_down => {
                     let spread = rand_below(5_000);
                     self.emit(client::push("server:draining", json!({ "reconnectAfterMs": spread })));
                     self.close(close::RESTARTING);
@@ -919,10 +923,13 @@ async fn write_loop(
             reason: Utf8Bytes::from_static(close_reason(code)),
         }))
     };
+    // Built once: a future made anew on every turn of the loop costs a registration each time.
+    let evicted = eviction.evicted();
+    tokio::pin!(evicted);
     loop {
         let first = tokio::select! {
             biased;
-            code = eviction.evicted() => {
+            code = &mut evicted => {
                 let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;
                 return;
             }
@@ -954,7 +961,7 @@ async fn write_loop(
         };
         let written = tokio::select! {
             biased;
-            code = eviction.evicted() => {
+            code = &mut evicted => {
                 // Stuck writing to a peer that does not read: what was half written is flushed
                 // before the close frame, if the peer reads again soon.
                 let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;

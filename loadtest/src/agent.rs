@@ -342,6 +342,7 @@ async fn socket_task(
         tally: Tally::default(),
         next_k: 0,
         reported: phase.phase.is_none(),
+        latencies: Vec::with_capacity(LATENCY_BATCH),
     };
     loop {
         let started = Instant::now();
@@ -375,6 +376,29 @@ struct SocketState {
     tally: Tally,
     next_k: u64,
     reported: bool,
+    /// Delivery latencies (µs, with the second of the phase), recorded into the shared
+    /// histograms in batches rather than under a lock per delivery.
+    latencies: Vec<(u64, usize)>,
+}
+
+/// Latencies a socket holds before it records them.
+const LATENCY_BATCH: usize = 256;
+
+fn flush_latencies(latencies: &mut Vec<(u64, usize)>, shared: &Shared) {
+    if latencies.is_empty() {
+        return;
+    }
+    let mut results = shared.results.lock().expect("results lock");
+    for &(micros, second) in latencies.iter() {
+        record(&mut results.latency, micros);
+        if results.per_second.len() <= second {
+            results
+                .per_second
+                .resize_with(second + 1, crate::wire::histogram);
+        }
+        results.per_second[second].record(micros.max(1)).ok();
+    }
+    latencies.clear();
 }
 
 /// Runs one connection; true when a storm asks for a reconnection.
@@ -392,6 +416,7 @@ async fn run_socket(
         tally,
         next_k,
         reported,
+        latencies,
     } = state;
     loop {
         let (send_due, report_due) = match phase.phase {
@@ -416,6 +441,7 @@ async fn run_socket(
                 }
                 *phase = *current.borrow_and_update();
                 *tally = Tally::default();
+                latencies.clear();
                 *next_k = 0;
                 *reported = false;
             }
@@ -446,6 +472,7 @@ async fn run_socket(
             }
             () = sleep_until_unix_us(report_due) => {
                 *reported = true;
+                flush_latencies(latencies, shared);
                 if let Some(room) = &socket.room {
                     let receipts = std::mem::take(tally).into_receipts(room.clone());
                     shared.results.lock().expect("results lock").receipts.push(receipts);
@@ -465,36 +492,37 @@ async fn run_socket(
                         return false;
                     }
                 };
-                on_frame(&text, *phase, socket.sender, shared, tally);
+                on_frame(&text, *phase, socket.sender, shared, tally, latencies);
+                if latencies.len() >= LATENCY_BATCH {
+                    flush_latencies(latencies, shared);
+                }
             }
         }
     }
 }
 
-fn on_frame(text: &str, phase: Current, sender: Option<u32>, shared: &Shared, tally: &mut Tally) {
+fn on_frame(
+    text: &str,
+    phase: Current,
+    sender: Option<u32>,
+    shared: &Shared,
+    tally: &mut Tally,
+    latencies: &mut Vec<(u64, usize)>,
+) {
     let now = unix_micros();
     if text.starts_with(r#"{"event":"message:new""#) {
-        let Some((id, due_us, sender, k)) = parse_marker(text) else {
+        let Some((id, due_us, from, k)) = parse_marker(text) else {
             return;
         };
-        if id != phase.id {
+        let Some(p) = phase.phase.filter(|_| id == phase.id) else {
             return; // A straggler of an earlier phase.
-        }
-        tally.record(sender, k);
-        let mut results = shared.results.lock().expect("results lock");
-        record(&mut results.latency, now.saturating_sub(due_us));
-        if let Some(p) = phase.phase {
-            let second = (due_us / 1000).saturating_sub(p.start_unix_ms) / 1000;
-            let second = usize::try_from(second).unwrap_or(usize::MAX).min(3_600);
-            if results.per_second.len() <= second {
-                results
-                    .per_second
-                    .resize_with(second + 1, crate::wire::histogram);
-            }
-            results.per_second[second]
-                .record(now.saturating_sub(due_us).max(1))
-                .ok();
-        }
+        };
+        tally.record(from, k);
+        let second = (due_us / 1000).saturating_sub(p.start_unix_ms) / 1000;
+        latencies.push((
+            now.saturating_sub(due_us),
+            usize::try_from(second).unwrap_or(usize::MAX).min(3_600),
+        ));
     } else if text.starts_with(r#"{"event":"ack""#) {
         shared.acked.fetch_add(1, Ordering::Relaxed);
         let (Some(p), Some(sender)) = (phase.phase, sender) else {

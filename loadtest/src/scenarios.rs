@@ -172,7 +172,8 @@ async fn rooms_plan(
     }
     let mut room_of_sender = HashMap::new();
     for s in 0..senders {
-        let (room, member) = (s % rooms, (s / rooms) % members);
+        // Member `s` of its room: consecutive senders land on different gateways.
+        let (room, member) = (s % rooms, (s / rooms + s) % members);
         let sender = u32::try_from(offset + s).expect("fewer than 4 billion senders");
         sockets[room * members + member].sender = Some(sender);
         room_of_sender.insert(sender, ids[room].clone());

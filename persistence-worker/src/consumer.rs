@@ -2,12 +2,12 @@
 //!
 //! A batch starts with the first event that arrives and takes what follows within the batch
 //! wait, up to the batch size. It is written in one transaction that also advances the committed
-//! position; only then is each event acknowledged. A failed write is retried (nothing is acked),
+//! position; only then is the batch acknowledged (ack-all, by its last event). A failed write is retried (nothing is acked),
 //! so a crash at any point leads to redelivery, which the conditional writes absorb.
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::Stream;
 use chat_proto::{bus, subjects};
 use futures_util::StreamExt;
@@ -53,22 +53,38 @@ pub async fn run<S: Store>(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let committed = store.committed_seq().await?;
-    let consumer = stream
-        .get_or_create_consumer(
-            subjects::WORKER_CONSUMER,
-            pull::Config {
-                durable_name: Some(subjects::WORKER_CONSUMER.to_owned()),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: committed + 1,
-                },
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: i64::try_from(batching.size * 4).unwrap_or(1024),
-                ..Default::default()
-            },
-        )
+    let config = pull::Config {
+        durable_name: Some(subjects::WORKER_CONSUMER.to_owned()),
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: committed + 1,
+        },
+        // One ack per batch: acking the last event acks all before it.
+        ack_policy: AckPolicy::All,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: i64::try_from(batching.size * 4).unwrap_or(1024),
+        ..Default::default()
+    };
+    let nats = |e: &dyn std::fmt::Display| WorkerError::Nats(e.to_string());
+    let mut consumer: PullConsumer = stream
+        .get_or_create_consumer(subjects::WORKER_CONSUMER, config.clone())
         .await
-        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+        .map_err(|e| nats(&e))?;
+    if consumer
+        .info()
+        .await
+        .map_err(|e| nats(&e))?
+        .config
+        .ack_policy
+        != AckPolicy::All
+    {
+        // A consumer made by an older worker: replace it, starting after what the store has.
+        tracing::info!("replacing the consumer to acknowledge by batch");
+        stream
+            .delete_consumer(subjects::WORKER_CONSUMER)
+            .await
+            .map_err(|e| nats(&e))?;
+        consumer = stream.create_consumer(config).await.map_err(|e| nats(&e))?;
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -119,11 +135,11 @@ pub async fn run<S: Store>(
             }
         }
         write_until_committed(&store, events, through, &shutdown).await?;
-        for message in &batch {
-            if let Err(error) = message.ack().await {
-                // Redelivery is harmless: the writes are idempotent.
-                tracing::debug!(%error, "ack failed");
-            }
+        if let Some(last) = batch.last()
+            && let Err(error) = last.ack().await
+        {
+            // Redelivery is harmless: the writes are idempotent.
+            tracing::debug!(%error, "ack failed");
         }
     }
 }
