@@ -474,11 +474,19 @@ impl Hub {
         };
         let mut seen = SeenSeqs::new(self.inner.hwm.load(Ordering::Relaxed));
         let _ = state.send(Subscription::Live);
+        // Built once (and re-armed after each refill): a future made anew for every event
+        // costs a registration each time.
+        let cancelled = room.cancel.cancelled();
+        let refill = room.refill.notified();
+        tokio::pin!(cancelled, refill);
         loop {
             tokio::select! {
                 biased;
-                () = room.cancel.cancelled() => break,
-                () = room.refill.notified() => self.fill(&conversation_id, &room, &mut seen).await,
+                () = &mut cancelled => break,
+                () = &mut refill => {
+                    refill.set(room.refill.notified());
+                    self.fill(&conversation_id, &room, &mut seen).await;
+                }
                 message = subscriber.next() => {
                     let Some(message) = message else { break };
                     match bus::decode_event(&message.payload, None) {

@@ -7,7 +7,7 @@
 //! come from the persistence worker ([`worker`]) completed from the stream ([`history`]).
 //! Membership look-ups are cached (moka), invalidated by bus events and flushed after a
 //! reconnection. [`admin`] serves health, readiness and metrics. [`run`] starts it all, exactly
-//! as `main` and the tests do.
+//! as `main` and the tests do; `testing` (feature `test-util`) starts a whole cluster for tests.
 
 pub mod admin;
 pub mod auth;
@@ -233,3 +233,6 @@ pub async fn run(
     let _ = client.flush().await;
     Ok(())
 }
+
+#[cfg(feature = "test-util")]
+pub mod testing;

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Cluster, create_room};
+use common::{Client, Cluster, ClusterClients, create_room};
 use serde_json::json;
 
 const QUIET: Duration = Duration::from_millis(500);

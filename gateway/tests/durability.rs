@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chat_persistence_worker::store::sqlite::SqliteStore;
 use chat_persistence_worker::store::{Store, Window};
-use common::{Cluster, create_room, db_path, start_gateway};
+use common::{Cluster, ClusterClients, create_room, db_path, start_gateway};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Client, Cluster, WAIT, create_room};
+use common::{Client, Cluster, ClusterClients, WAIT, create_room};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Cluster, SECRET, create_room};
+use common::{Client, Cluster, ClusterClients, SECRET, create_room};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Error as WsError;

@@ -5,190 +5,27 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use chat_gateway::config::Cli;
-use chat_proto::testing::NatsServer;
-use clap::Parser as _;
+pub use chat_gateway::testing::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret";
-pub const WAIT: Duration = Duration::from_secs(10);
-
-/// A component running in this process, stopped by its shutdown signal.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
-
-pub struct Gateway {
-    pub ws: SocketAddr,
-    pub admin: SocketAddr,
-    pub running: Running,
-}
-
-impl Gateway {
-    pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.ws)
-    }
-}
-
-pub struct Cluster {
-    pub nats: NatsServer,
-    pub dir: tempfile::TempDir,
-    pub worker: Running,
-    pub gateways: Vec<Gateway>,
-}
-
-pub fn db_path(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("chat.db")
-}
-
-pub async fn start_worker(nats_url: &str, db: PathBuf) -> Running {
-    let config = chat_persistence_worker::Config::try_parse_from([
-        "worker",
-        "--nats-url",
-        nats_url,
-        "--db-path",
-        db.to_str().expect("a UTF-8 path"),
-    ])
-    .expect("worker flags parse");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(error) = chat_persistence_worker::run(config, shutdown).await {
-            panic!("worker failed: {error}");
-        }
-    });
-    // The worker owns the stream: wait until it exists.
-    let client = async_nats::connect(nats_url).await.expect("nats is up");
-    let js = async_nats::jetstream::new(client);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while js.get_stream(chat_proto::subjects::STREAM).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker did not create the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Running {
-        stop: Some(stop),
-        task: Some(task),
-    }
-}
-
-pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
-    let mut args = vec![
-        "chat-gateway",
-        "--nats-url",
-        nats_url,
-        "--jwt-secret",
-        SECRET,
-        "--allowed-origins",
-        "https://app.example",
-        "--auth-timeout",
-        "1s",
-        "--request-timeout",
-        "2s",
-    ];
-    args.extend_from_slice(extra);
-    let settings = Cli::try_parse_from(args)
-        .expect("gateway flags parse")
-        .config
-        .validate()
-        .expect("gateway settings are valid");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (ws, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        chat_gateway::run(settings, listener, admin, shutdown)
-            .await
-            .expect("the gateway runs");
-    });
-    Gateway {
-        ws,
-        admin: admin_addr,
-        running: Running {
-            stop: Some(stop),
-            task: Some(task),
-        },
-    }
-}
-
-impl Cluster {
-    pub async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
-
-    pub async fn start_with(gateway_flags: &[&str]) -> Self {
-        let nats = NatsServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let worker = start_worker(&nats.url(), db_path(&dir)).await;
-        let mut gateways = Vec::new();
-        for _ in 0..2 {
-            gateways.push(start_gateway(&nats.url(), gateway_flags).await);
-        }
-        Self {
-            nats,
-            dir,
-            worker,
-            gateways,
-        }
-    }
-
-    pub fn url(&self, gateway: usize) -> String {
-        self.gateways[gateway].url()
-    }
-
+/// Clients of a test cluster.
+#[allow(async_fn_in_trait)]
+pub trait ClusterClients {
     /// A connected, authenticated client of `user` on gateway `gateway`.
-    pub async fn client(&self, gateway: usize, user: &str) -> Client {
+    async fn client(&self, gateway: usize, user: &str) -> Client;
+}
+
+impl ClusterClients for Cluster {
+    async fn client(&self, gateway: usize, user: &str) -> Client {
         Client::connect(&self.url(gateway), user).await
     }
-
-    pub async fn stop_worker(&mut self) {
-        self.worker.stop().await;
-    }
-
-    pub async fn restart_worker(&mut self) {
-        self.worker = start_worker(&self.nats.url(), db_path(&self.dir)).await;
-    }
-}
-
-pub fn token(user: &str) -> String {
-    chat_gateway::auth::mint_hs256(SECRET.as_bytes(), user, Duration::from_secs(3600), None)
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -124,56 +124,56 @@ fn apply_event(tx: &Transaction<'_>, event: &ConversationEvent) -> Result<(), St
             let Some(message) = &created.message else {
                 return Ok(());
             };
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO messages (id, conversation_id, body, content, updated_seq)
                  VALUES (?1, ?2, ?3, ?4, ?1) ON CONFLICT (id) DO NOTHING",
-                params![
-                    seq,
-                    conversation_id,
-                    message.encode_to_vec(),
-                    message.content
-                ],
-            )?;
+            )?
+            .execute(params![
+                seq,
+                conversation_id,
+                message.encode_to_vec(),
+                message.content
+            ])?;
         }
         Kind::MessageEdited(edit) => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE messages SET content = ?1, edited_at_ms = ?2, updated_seq = ?3
                  WHERE id = ?4 AND conversation_id = ?5 AND updated_seq < ?3 AND deleted = 0",
-                params![
-                    edit.content,
-                    edit.edited_at_ms,
-                    seq,
-                    to_i64(edit.message_id)?,
-                    conversation_id
-                ],
-            )?;
+            )?
+            .execute(params![
+                edit.content,
+                edit.edited_at_ms,
+                seq,
+                to_i64(edit.message_id)?,
+                conversation_id
+            ])?;
         }
         Kind::MessageDeleted(delete) => {
             // Deletion is final: it applies whatever edits came before or after it.
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE messages SET content = '', deleted = 1, updated_seq = MAX(updated_seq, ?1)
                  WHERE id = ?2 AND conversation_id = ?3 AND deleted = 0",
-                params![seq, to_i64(delete.message_id)?, conversation_id],
-            )?;
+            )?
+            .execute(params![seq, to_i64(delete.message_id)?, conversation_id])?;
         }
         Kind::ConversationCreated(created) => {
             let Some(c) = &created.conversation else {
                 return Ok(());
             };
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO conversations
                  (id, title, private, password_hash, created_by, created_at_ms, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-                params![
-                    conversation_id,
-                    c.title,
-                    c.private,
-                    created.password_hash,
-                    c.created_by,
-                    c.created_at_ms,
-                    seq
-                ],
-            )?;
+            )?
+            .execute(params![
+                conversation_id,
+                c.title,
+                c.private,
+                created.password_hash,
+                c.created_by,
+                c.created_at_ms,
+                seq
+            ])?;
             for user_id in &c.participant_ids {
                 set_member(tx, conversation_id, user_id, true, seq)?;
             }
@@ -192,13 +192,11 @@ fn set_member(
     active: bool,
     seq: i64,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO members (conversation_id, user_id, active, updated_seq) VALUES (?1, ?2, ?3, ?4)
+    tx.prepare_cached("INSERT INTO members (conversation_id, user_id, active, updated_seq) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (conversation_id, user_id) DO UPDATE
          SET active = excluded.active, updated_seq = excluded.updated_seq
-         WHERE members.updated_seq < excluded.updated_seq",
-        params![conversation_id, user_id, active, seq],
-    )?;
+         WHERE members.updated_seq < excluded.updated_seq")?
+                .execute(params![conversation_id, user_id, active, seq])?;
     Ok(())
 }
 
@@ -304,11 +302,11 @@ impl Store for SqliteStore {
                 apply_event(&tx, event)?;
             }
             if let Some(seq) = commit_through {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO positions (name, seq) VALUES ('committed', ?1)
                      ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-                    params![to_i64(seq)?],
-                )?;
+                )?
+                .execute(params![to_i64(seq)?])?;
             }
             tx.commit()?;
             Ok(())
