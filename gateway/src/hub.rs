@@ -485,7 +485,8 @@ impl Hub {
                 () = &mut cancelled => break,
                 () = &mut refill => {
                     refill.set(room.refill.notified());
-                    self.fill(&conversation_id, &room, &mut seen).await;
+                    // Boxed: its state would otherwise sit in every room's task.
+                    Box::pin(self.fill(&conversation_id, &room, &mut seen)).await;
                 }
                 message = subscriber.next() => {
                     let Some(message) = message else { break };

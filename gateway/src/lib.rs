@@ -89,10 +89,11 @@ impl Gateway {
 }
 
 fn ws_config(config: &Config) -> WebSocketConfig {
-    // Small buffers: tungstenite zero-fills its read buffer on every read, and both are per
-    // connection. Frames are batched by the writer and flushed once per batch.
+    // Small buffers: tungstenite allocates its read buffer per connection up front and
+    // zero-fills it on reads; client frames are small. Frames are batched by the writer and
+    // flushed once per batch, so no write buffer is kept.
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(config.max_transport_bytes * 2)
         .max_message_size(Some(config.max_transport_bytes))

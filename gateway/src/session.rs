@@ -183,7 +183,7 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     let eviction = Arc::new(Eviction::default());
     let mut writer = tokio::spawn(write_loop(sink, outbox_rx, Arc::clone(&eviction)));
 
-    let (identity, request_id) = match authenticate(&gateway, upgrade, &mut frames).await {
+    let (identity, request_id) = match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await {
         Ok(found) => found,
         Err((code, frame)) => {
             if let Some(frame) = frame {
@@ -213,7 +213,7 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     };
     shared.hub.register(&session.socket);
     let mut pending = FuturesOrdered::new();
-    match session.connected().await {
+    match Box::pin(session.connected()).await {
         Ok(payload) => {
             session.emit(match request_id {
                 Some(id) => client::ack(&id, payload),
@@ -227,7 +227,7 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
             session.close(close::INTERNAL);
         }
     }
-    session.finish(pending).await;
+    Box::pin(session.finish(pending)).await;
     end_writer(&mut writer).await;
 }
 
@@ -398,9 +398,9 @@ impl Session {
                     return;
                 }
                 Some(outcome) = pending.next(), if !pending.is_empty() => {
-                    self.finish_send(outcome).await;
+                    Box::pin(self.finish_send(outcome)).await;
                 }
-                () = sleep_until_opt(typing_due) => self.expire_typing().await,
+                () = sleep_until_opt(typing_due) => Box::pin(self.expire_typing()).await,
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
                         tracing::debug!("no sign of life; closing");
@@ -490,7 +490,8 @@ impl Session {
             return None;
         }
         let data = envelope.data.map_or("{}", |raw| raw.get());
-        match self.dispatch(&event, data, request_id).await {
+        // Boxed: the largest handler's state would otherwise sit in every idle socket's task.
+        match Box::pin(self.dispatch(&event, data, request_id)).await {
             Ok(Reply::Ack(data)) => {
                 if let Some(id) = request_id {
                     self.emit(client::ack(id, data));
