@@ -65,6 +65,11 @@ fn metrics(gateway: &Gateway) -> String {
             "chat_gateway_subscriptions",
             shared.hub.num_subscriptions() as u64,
         ),
+        ("chat_gateway_rooms", shared.hub.num_rooms() as u64),
+        (
+            "chat_gateway_foreign_events_total",
+            stats.num_foreign_events.load(Ordering::Relaxed),
+        ),
         (
             "chat_gateway_dropped_ephemeral_total",
             stats.num_dropped_ephemeral.load(Ordering::Relaxed),

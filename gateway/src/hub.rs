@@ -1,15 +1,18 @@
-//! The node's fan-out: one NATS subscription per conversation with local members, shared by all
-//! of them, and the index of local sockets by user.
+//! The node's fan-out: subscriptions shared by all local sockets, and the index of local
+//! sockets by user and by conversation.
 //!
-//! A conversation's subscription is owned by its room task, started by the first local member's
-//! join and cancelled when the last one leaves. The task decodes each event once, serializes its
-//! push once, and hands the same bytes to every local member's outbox. A push that carries a
-//! message and does not fit an outbox evicts that socket (close 4503, the client resumes);
-//! ephemeral pushes (typing, receipts) are dropped and counted instead.
+//! Conversation subjects are spread over [`subjects::LIVE_SHARDS`] shards; the node subscribes
+//! once per shard in which it has local members (at most that many subscriptions, whatever its
+//! number of users), each subscription owned by a shard task that starts with the shard's first
+//! local room and ends with its last. The task decodes each event once, finds the local room,
+//! serializes the push once, and hands the same bytes to every local member's outbox; events of
+//! conversations without local members are dropped (counted). A push that carries a message and
+//! does not fit an outbox evicts that socket (close 4503, the client resumes); ephemeral pushes
+//! (typing, receipts) are dropped and counted instead.
 //!
 //! Core NATS may lose events for the node: a slow-consumer drop, or a disconnection. Either
-//! triggers a fill: every room reads from the stream the events after the last it knows it has
-//! delivered, and delivers those it did not (each room remembers the recent sequences it
+//! wakes the filler task: every room reads from the stream the events after the last it knows it
+//! has delivered, and delivers those it did not (each room remembers the recent sequences it
 //! delivered, so nothing is delivered twice).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -37,6 +40,8 @@ use crate::worker::WorkerClient;
 const FILL_SLACK: u64 = 16_384;
 /// Most events one room fills at once; a larger gap evicts its members so they resume.
 const MAX_FILL_EVENTS: usize = 5_000;
+/// Rooms filled at once after a loss.
+const FILL_CONCURRENCY: usize = 16;
 /// Recent sequences a room remembers to drop duplicates.
 const RECENT_SEQS: usize = 1_024;
 /// How long a join waits for the conversation's subscription.
@@ -133,8 +138,10 @@ pub struct Stats {
     pub num_evicted_slow: AtomicU64,
     /// Events delivered by fills after a loss.
     pub num_filled: AtomicU64,
-    /// Fills run.
+    /// Rooms filled.
     pub num_fills: AtomicU64,
+    /// Events of conversations without local members, received through a shard and dropped.
+    pub num_foreign_events: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,11 +151,10 @@ enum Subscription {
     Failed,
 }
 
+/// A conversation with local members.
 struct Room {
     members: Mutex<HashMap<SocketId, SocketHandle>>,
-    refill: Notify,
-    cancel: CancellationToken,
-    state: watch::Receiver<Subscription>,
+    seen: Mutex<SeenSeqs>,
 }
 
 impl Room {
@@ -175,11 +181,23 @@ impl Room {
     }
 }
 
+/// A shard subscription of the node.
+struct Shard {
+    /// Local rooms in the shard; the subscription ends with the last.
+    num_rooms: usize,
+    /// Tells this subscription apart from a later one of the same shard.
+    generation: u64,
+    cancel: CancellationToken,
+    state: watch::Receiver<Subscription>,
+}
+
 #[derive(Default)]
 struct Registry {
     rooms: HashMap<Arc<str>, Arc<Room>>,
+    shards: HashMap<u16, Shard>,
     users: HashMap<Arc<str>, HashMap<SocketId, SocketHandle>>,
     socket_rooms: HashMap<SocketId, HashSet<Arc<str>>>,
+    next_generation: u64,
 }
 
 /// Membership look-ups cached by (user, conversation).
@@ -195,6 +213,8 @@ struct Inner {
     hwm: AtomicU64,
     /// `hwm` when the last loss was noticed.
     loss_floor: AtomicU64,
+    /// Wakes the filler task.
+    refill: Notify,
     stats: Stats,
     token: CancellationToken,
     tracker: TaskTracker,
@@ -235,6 +255,7 @@ impl Hub {
                 registry: Mutex::default(),
                 hwm: AtomicU64::new(0),
                 loss_floor: AtomicU64::new(0),
+                refill: Notify::new(),
                 stats: Stats::default(),
                 token,
                 tracker: TaskTracker::new(),
@@ -273,6 +294,15 @@ impl Hub {
                 match v1::UserEvent::decode(message.payload) {
                     Ok(event) => hub.on_user_event(event).await,
                     Err(error) => tracing::warn!(%error, "undecodable user event"),
+                }
+            }
+        });
+        let hub = self.clone();
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = hub.inner.token.cancelled() => break,
+                    () = hub.inner.refill.notified() => hub.fill_all().await,
                 }
             }
         });
@@ -324,10 +354,7 @@ impl Hub {
     }
 
     fn refill_all(&self) {
-        let registry = self.inner.registry.lock().expect("registry lock poisoned");
-        for room in registry.rooms.values() {
-            room.refill.notify_one();
-        }
+        self.inner.refill.notify_one();
     }
 
     /// Registers a socket under its user.
@@ -376,8 +403,18 @@ impl Hub {
             .is_some_and(|rooms| rooms.contains(conversation_id))
     }
 
-    /// How many conversation subscriptions the node holds.
+    /// How many shard subscriptions the node holds.
     pub fn num_subscriptions(&self) -> usize {
+        self.inner
+            .registry
+            .lock()
+            .expect("registry lock poisoned")
+            .shards
+            .len()
+    }
+
+    /// How many conversations have local members.
+    pub fn num_rooms(&self) -> usize {
         self.inner
             .registry
             .lock()
@@ -395,16 +432,26 @@ impl Hub {
     ) -> Result<(), RequestError> {
         let mut state = {
             let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+            let registry = &mut *registry;
             let Some(rooms) = registry.socket_rooms.get_mut(&socket.id) else {
                 return Ok(()); // The socket is gone.
             };
             let conversation_id: Arc<str> = conversation_id.into();
             rooms.insert(Arc::clone(&conversation_id));
+            let shard = subjects::live_shard(&conversation_id);
             let room = match registry.rooms.get(&conversation_id) {
                 Some(room) => Arc::clone(room),
                 None => {
-                    let room = self.spawn_room(Arc::clone(&conversation_id));
+                    let room = Arc::new(Room {
+                        members: Mutex::default(),
+                        seen: Mutex::new(SeenSeqs::new(self.inner.hwm.load(Ordering::Relaxed))),
+                    });
                     registry.rooms.insert(conversation_id, Arc::clone(&room));
+                    let shard = registry.shards.entry(shard).or_insert_with(|| {
+                        registry.next_generation += 1;
+                        self.spawn_shard(shard, registry.next_generation)
+                    });
+                    shard.num_rooms += 1;
                     room
                 }
             };
@@ -412,7 +459,7 @@ impl Hub {
                 .lock()
                 .expect("room lock poisoned")
                 .insert(socket.id, socket.clone());
-            room.state.clone()
+            registry.shards[&shard].state.clone()
         };
         let live = tokio::time::timeout(
             JOIN_TIMEOUT,
@@ -426,7 +473,8 @@ impl Hub {
         Err(RequestError::unavailable())
     }
 
-    /// Takes a socket out of a conversation; the last local member's leave ends the subscription.
+    /// Takes a socket out of a conversation; the last local member's leave drops the room, and
+    /// the shard's last room ends its subscription.
     pub fn leave(&self, socket_id: SocketId, conversation_id: &str) {
         let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
         if let Some(rooms) = registry.socket_rooms.get_mut(&socket_id) {
@@ -435,31 +483,33 @@ impl Hub {
         leave_room(&mut registry, conversation_id, socket_id);
     }
 
-    fn spawn_room(&self, conversation_id: Arc<str>) -> Arc<Room> {
+    fn spawn_shard(&self, shard: u16, generation: u64) -> Shard {
         let (state_tx, state) = watch::channel(Subscription::Pending);
-        let room = Arc::new(Room {
-            members: Mutex::default(),
-            refill: Notify::new(),
-            cancel: self.inner.token.child_token(),
-            state,
-        });
+        let cancel = self.inner.token.child_token();
         let hub = self.clone();
-        let task_room = Arc::clone(&room);
-        self.inner
-            .tracker
-            .spawn(async move { hub.run_room(conversation_id, task_room, state_tx).await });
-        room
+        let task_cancel = cancel.clone();
+        self.inner.tracker.spawn(async move {
+            hub.run_shard(shard, generation, state_tx, task_cancel)
+                .await
+        });
+        Shard {
+            num_rooms: 0,
+            generation,
+            cancel,
+            state,
+        }
     }
 
-    async fn run_room(
+    async fn run_shard(
         &self,
-        conversation_id: Arc<str>,
-        room: Arc<Room>,
+        shard: u16,
+        generation: u64,
         state: watch::Sender<Subscription>,
+        cancel: CancellationToken,
     ) {
-        let subject = subjects::conversation_live(&conversation_id);
+        let subject = subjects::conversation_live_shard(shard);
         let subscribed = tokio::select! {
-            () = room.cancel.cancelled() => return,
+            () = cancel.cancelled() => return,
             subscribed = async {
                 let subscriber = self.inner.client.subscribe(subject).await.ok()?;
                 // The server has the subscription once a flush returns.
@@ -469,54 +519,63 @@ impl Hub {
         };
         let Some(mut subscriber) = subscribed else {
             let _ = state.send(Subscription::Failed);
-            self.remove_room(&conversation_id, &room);
+            let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+            if registry
+                .shards
+                .get(&shard)
+                .is_some_and(|s| s.generation == generation)
+            {
+                registry.shards.remove(&shard);
+            }
             return;
         };
-        let mut seen = SeenSeqs::new(self.inner.hwm.load(Ordering::Relaxed));
         let _ = state.send(Subscription::Live);
-        // Built once (and re-armed after each refill): a future made anew for every event
-        // costs a registration each time.
-        let cancelled = room.cancel.cancelled();
-        let refill = room.refill.notified();
-        tokio::pin!(cancelled, refill);
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
-            tokio::select! {
+            let message = tokio::select! {
                 biased;
                 () = &mut cancelled => break,
-                () = &mut refill => {
-                    refill.set(room.refill.notified());
-                    // Boxed: its state would otherwise sit in every room's task.
-                    Box::pin(self.fill(&conversation_id, &room, &mut seen)).await;
+                message = subscriber.next() => message,
+            };
+            let Some(message) = message else { break };
+            let event = match bus::decode_event(&message.payload, None) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::warn!(%error, "undecodable live event");
+                    continue;
                 }
-                message = subscriber.next() => {
-                    let Some(message) = message else { break };
-                    match bus::decode_event(&message.payload, None) {
-                        Ok(event) if *event.conversation_id == *conversation_id => {
-                            self.dispatch(&room, &mut seen, event);
-                        }
-                        Ok(_) => tracing::warn!("an event on another conversation's subject"),
-                        Err(error) => tracing::warn!(%error, "undecodable live event"),
-                    }
+            };
+            if subjects::live_shard(&event.conversation_id) != shard {
+                tracing::warn!("an event on another shard's subject");
+                continue;
+            }
+            match self.room(&event.conversation_id) {
+                Some(room) => self.dispatch(&room, event),
+                None => {
+                    self.inner
+                        .stats
+                        .num_foreign_events
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         // Dropping the subscriber unsubscribes.
     }
 
-    fn remove_room(&self, conversation_id: &str, room: &Arc<Room>) {
-        let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
-        if registry
-            .rooms
-            .get(conversation_id)
-            .is_some_and(|r| Arc::ptr_eq(r, room))
-        {
-            registry.rooms.remove(conversation_id);
-        }
+    fn room(&self, conversation_id: &str) -> Option<Arc<Room>> {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry.rooms.get(conversation_id).cloned()
     }
 
-    fn dispatch(&self, room: &Room, seen: &mut SeenSeqs, event: ConversationEvent) {
+    fn dispatch(&self, room: &Room, event: ConversationEvent) {
         if event.seq > 0 {
-            if !seen.insert(event.seq) {
+            if !room
+                .seen
+                .lock()
+                .expect("room lock poisoned")
+                .insert(event.seq)
+            {
                 return;
             }
             self.observe(event.seq);
@@ -544,10 +603,28 @@ impl Hub {
         );
     }
 
-    async fn fill(&self, conversation_id: &str, room: &Room, seen: &mut SeenSeqs) {
+    /// Fills every room from the stream, a few at a time.
+    async fn fill_all(&self) {
+        let rooms: Vec<(Arc<str>, Arc<Room>)> = {
+            let registry = self.inner.registry.lock().expect("registry lock poisoned");
+            registry
+                .rooms
+                .iter()
+                .map(|(id, room)| (Arc::clone(id), Arc::clone(room)))
+                .collect()
+        };
+        futures_util::stream::iter(rooms)
+            .for_each_concurrent(FILL_CONCURRENCY, |(conversation_id, room)| async move {
+                self.fill(&conversation_id, &room).await;
+            })
+            .await;
+    }
+
+    async fn fill(&self, conversation_id: &str, room: &Room) {
         self.inner.stats.num_fills.fetch_add(1, Ordering::Relaxed);
         let loss_floor = self.inner.loss_floor.load(Ordering::Relaxed);
-        let after = seen.floor.max(loss_floor.saturating_sub(FILL_SLACK));
+        let floor = room.seen.lock().expect("room lock poisoned").floor;
+        let after = floor.max(loss_floor.saturating_sub(FILL_SLACK));
         let mut backoff = Duration::from_millis(100);
         let (events, complete) = loop {
             match self
@@ -559,7 +636,7 @@ impl Hub {
                 Ok(read) => break read,
                 Err(_) if backoff < Duration::from_secs(10) => {
                     tokio::select! {
-                        () = room.cancel.cancelled() => return,
+                        () = self.inner.token.cancelled() => return,
                         () = tokio::time::sleep(backoff) => backoff *= 2,
                     }
                 }
@@ -573,11 +650,11 @@ impl Hub {
                 }
             }
         };
-        let before = seen.num_inserted;
+        let before = room.seen.lock().expect("room lock poisoned").num_inserted;
         for event in events {
-            self.dispatch(room, seen, event);
+            self.dispatch(room, event);
         }
-        let filled = seen.num_inserted - before;
+        let filled = room.seen.lock().expect("room lock poisoned").num_inserted - before;
         self.inner
             .stats
             .num_filled
@@ -711,9 +788,17 @@ fn leave_room(registry: &mut Registry, conversation_id: &str, socket_id: SocketI
         members.remove(&socket_id);
         members.is_empty()
     };
-    if empty {
-        room.cancel.cancel();
-        registry.rooms.remove(conversation_id);
+    if !empty {
+        return;
+    }
+    registry.rooms.remove(conversation_id);
+    let shard = subjects::live_shard(conversation_id);
+    if let Some(entry) = registry.shards.get_mut(&shard) {
+        entry.num_rooms -= 1;
+        if entry.num_rooms == 0 {
+            entry.cancel.cancel();
+            registry.shards.remove(&shard);
+        }
     }
 }
 

@@ -183,7 +183,8 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     let eviction = Arc::new(Eviction::default());
     let mut writer = tokio::spawn(write_loop(sink, outbox_rx, Arc::clone(&eviction)));
 
-    let (identity, request_id) = match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await {
+    let (identity, request_id) = match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await
+    {
         Ok(found) => found,
         Err((code, frame)) => {
             if let Some(frame) = frame {

@@ -77,7 +77,10 @@ async fn every_scenario_runs_small_and_loses_nothing() {
         &[
             "--start-rate",
             "100",
-            "--step-factor", "2", "--max-rate", "400",
+            "--step-factor",
+            "2",
+            "--max-rate",
+            "400",
         ],
     ]
     .concat();

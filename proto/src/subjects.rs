@@ -55,9 +55,34 @@ pub fn conversation_stream(conversation_id: &str) -> String {
     format!("chat.stream.conv.{}", encode(conversation_id))
 }
 
-/// The core subject on which a conversation's events are delivered live.
+/// How many shards the live conversation subjects are spread over. A gateway subscribes once
+/// per shard in which it has local members, so its subscriptions are bounded by this number
+/// whatever its users. Every publisher and gateway must agree on it.
+pub const LIVE_SHARDS: u16 = 256;
+
+/// The shard of a conversation: FNV-1a of its id, stable across processes and versions.
+pub fn live_shard(conversation_id: &str) -> u16 {
+    let hash = conversation_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    u16::try_from(hash % u64::from(LIVE_SHARDS)).expect("a shard is below LIVE_SHARDS")
+}
+
+/// The core subject on which a conversation's events are delivered live:
+/// `chat.live.conv.<shard>.<id>`.
 pub fn conversation_live(conversation_id: &str) -> String {
-    format!("chat.live.conv.{}", encode(conversation_id))
+    format!(
+        "chat.live.conv.{}.{}",
+        live_shard(conversation_id),
+        encode(conversation_id)
+    )
+}
+
+/// Every conversation of one shard, for a gateway's subscription.
+pub fn conversation_live_shard(shard: u16) -> String {
+    format!("chat.live.conv.{shard}.*")
 }
 
 /// The core subject of events addressed to one user.
@@ -101,8 +126,21 @@ mod tests {
     fn wildcards_and_separators_never_reach_a_subject() {
         let token = encode("a.b*c>d e\tf%");
         assert_eq!(token, "a%2Eb%2Ac%3Ed%20e%09f%25");
-        assert_eq!(conversation_live("x.>"), "chat.live.conv.x%2E%3E");
+        assert!(conversation_live("x.>").ends_with(".x%2E%3E"));
         assert!(!user_live("*").ends_with('*'));
+    }
+
+    #[test]
+    fn a_conversation_lives_in_one_stable_shard() {
+        let subject = conversation_live("room-1");
+        let shard = live_shard("room-1");
+        assert_eq!(subject, format!("chat.live.conv.{shard}.room-1"));
+        assert_eq!(shard, live_shard("room-1"));
+        // FNV-1a of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(live_shard("a"), (0xaf63_dc4c_8601_ec8c_u64 % 256) as u16);
+        let used: std::collections::HashSet<u16> =
+            (0..10_000).map(|i| live_shard(&format!("c{i}"))).collect();
+        assert_eq!(used.len(), usize::from(LIVE_SHARDS), "every shard is used");
     }
 
     #[test]
