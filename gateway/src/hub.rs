@@ -27,6 +27,8 @@ use futures_util::StreamExt;
 use moka::sync::Cache;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc, watch};
+
+use crate::outbox::{Outbound, Outbox, PushError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,17 +52,6 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A socket's id, unique within the node.
 pub type SocketId = u64;
 
-/// What a socket's writer sends.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A text frame.
-    Text(Utf8Bytes),
-    /// A protocol ping.
-    Ping,
-    /// A close frame, then the end.
-    Close(u16, &'static str),
-}
-
 /// A live socket as the hub sees it: its outbox and its eviction switch; a cheap `Clone`.
 #[derive(Clone, Debug)]
 pub struct SocketHandle {
@@ -68,7 +59,7 @@ pub struct SocketHandle {
     pub id: SocketId,
     /// Its user.
     pub user_id: Arc<str>,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
 }
 
@@ -100,7 +91,7 @@ impl SocketHandle {
     pub fn new(
         id: SocketId,
         user_id: Arc<str>,
-        outbox: mpsc::Sender<Outbound>,
+        outbox: Arc<Outbox>,
         eviction: Arc<Eviction>,
     ) -> Self {
         Self {
@@ -113,9 +104,9 @@ impl SocketHandle {
 
     /// Queues a push without waiting; see the module documentation for a full outbox.
     pub fn push(&self, frame: &Utf8Bytes, delivery: Delivery, stats: &Stats) {
-        match self.outbox.try_send(Outbound::Text(frame.clone())) {
+        match self.outbox.try_push(Outbound::Text(frame.clone())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => match delivery {
+            Err(PushError::Full) => match delivery {
                 Delivery::Ephemeral => {
                     stats.num_dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
                 }
@@ -124,7 +115,7 @@ impl SocketHandle {
                     self.eviction.evict(close::TOO_SLOW);
                 }
             },
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(PushError::Closed) => {}
         }
     }
 }
@@ -855,7 +846,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_drops_ephemeral_pushes_and_evicts_on_messages() {
-        let (outbox, _receiver) = mpsc::channel(1);
+        let outbox = Arc::new(Outbox::new(1));
         let eviction = Arc::new(Eviction::default());
         let socket = SocketHandle::new(1, "u".into(), outbox, Arc::clone(&eviction));
         let stats = Stats::default();

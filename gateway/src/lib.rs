@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod outbox;
 pub mod session;
 pub mod validation;
 pub mod worker;

@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -40,7 +40,8 @@ use crate::Gateway;
 use crate::auth::{AuthError, Identity};
 use crate::error::RequestError;
 use crate::history::{self, Window};
-use crate::hub::{Eviction, Outbound, SocketHandle};
+use crate::hub::{Eviction, SocketHandle};
+use crate::outbox::{Outbound, Outbox, PushError};
 use crate::validation;
 
 /// How long typing lasts without a refresh.
@@ -179,19 +180,19 @@ fn check_upgrade(
 async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: CancellationToken) {
     let shared = &gateway.shared;
     let (sink, mut frames) = ws.split();
-    let (outbox, outbox_rx) = mpsc::channel(shared.settings.config.outbox_frames);
+    let outbox = Arc::new(Outbox::new(shared.settings.config.outbox_frames));
     let eviction = Arc::new(Eviction::default());
-    let mut writer = tokio::spawn(write_loop(sink, outbox_rx, Arc::clone(&eviction)));
+    let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), Arc::clone(&eviction)));
 
     let (identity, request_id) = match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await
     {
         Ok(found) => found,
         Err((code, frame)) => {
             if let Some(frame) = frame {
-                let _ = outbox.try_send(Outbound::Text(frame.into()));
+                let _ = outbox.try_push(Outbound::Text(frame.into()));
             }
-            let _ = outbox.try_send(Outbound::Close(code, close_reason(code)));
-            drop(outbox);
+            let _ = outbox.try_push(Outbound::Close(code, close_reason(code)));
+            outbox.close();
             end_writer(&mut writer).await;
             return;
         }
@@ -200,7 +201,7 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     let socket = SocketHandle::new(
         shared.next_socket_id.fetch_add(1, Ordering::Relaxed),
         Arc::clone(&identity.user_id),
-        outbox.clone(),
+        Arc::clone(&outbox),
         Arc::clone(&eviction),
     );
     let mut session = Session {
@@ -323,7 +324,7 @@ struct Session {
     socket: SocketHandle,
     identity: Identity,
     session_id: String,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
     typing: HashMap<Arc<str>, Instant>,
 }
@@ -332,9 +333,7 @@ impl Session {
     /// Queues a frame of this socket's own (an ack, an error); a socket that cannot take it is
     /// too slow and is evicted.
     fn emit(&self, frame: String) {
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.outbox.try_send(Outbound::Text(frame.into()))
-        {
+        if let Err(PushError::Full) = self.outbox.try_push(Outbound::Text(frame.into())) {
             self.eviction.evict(close::TOO_SLOW);
         }
     }
@@ -342,7 +341,7 @@ impl Session {
     fn close(&self, code: u16) {
         if self
             .outbox
-            .try_send(Outbound::Close(code, close_reason(code)))
+            .try_push(Outbound::Close(code, close_reason(code)))
             .is_err()
         {
             self.eviction.evict(code);
@@ -407,7 +406,7 @@ impl Session {
                         tracing::debug!("no sign of life; closing");
                         return;
                     }
-                    let _ = self.outbox.try_send(Outbound::Ping);
+                    let _ = self.outbox.try_push(Outbound::Ping);
                 }
                 frame = frames.next(), if pending.len() < max_pending => {
                     last_heard = Instant::now();
@@ -446,6 +445,7 @@ impl Session {
             self.publish_typing(&conversation_id, false).await;
         }
         self.gateway.shared.hub.unregister(&self.socket);
+        self.outbox.close();
     }
 
     /// Handles one text frame; a send comes back to wait for the stream.
@@ -916,7 +916,7 @@ fn rand_below(bound: u64) -> u64 {
 
 async fn write_loop(
     mut sink: SplitSink<WsStream, Message>,
-    mut outbox: mpsc::Receiver<Outbound>,
+    outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
 ) {
     let send_close = |code: u16| {
@@ -935,7 +935,7 @@ async fn write_loop(
                 let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;
                 return;
             }
-            first = outbox.recv() => first,
+            first = outbox.next() => first,
         };
         let Some(first) = first else {
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
@@ -956,7 +956,7 @@ async fn write_loop(
                 }
                 written += 1;
                 if written < WRITE_BATCH {
-                    next = outbox.try_recv().ok();
+                    next = outbox.try_pop();
                 }
             }
             sink.flush().await
