@@ -66,7 +66,7 @@ pub struct SocketHandle {
 /// Ends a socket from outside its task, with a close code.
 #[derive(Debug, Default)]
 pub struct Eviction {
-    token: CancellationToken,
+    ready: Notify,
     code: AtomicU16,
 }
 
@@ -76,13 +76,26 @@ impl Eviction {
         let _ = self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+        self.ready.notify_waiters();
     }
 
-    /// Resolves once evicted.
+    /// The close code, once evicted.
+    pub fn code(&self) -> Option<u16> {
+        Some(self.code.load(Ordering::Acquire)).filter(|&c| c != 0)
+    }
+
+    /// Resolves once evicted, with the close code.
     pub async fn evicted(&self) -> u16 {
-        self.token.cancelled().await;
-        self.code.load(Ordering::Acquire)
+        loop {
+            // Registered before the check, so an eviction in between is not missed.
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(code) = self.code() {
+                return code;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -144,7 +157,8 @@ enum Subscription {
 
 /// A conversation with local members.
 struct Room {
-    members: Mutex<HashMap<SocketId, SocketHandle>>,
+    /// Usually one or two: a list is smaller than a map.
+    members: Mutex<Vec<SocketHandle>>,
     seen: Mutex<SeenSeqs>,
 }
 
@@ -157,7 +171,7 @@ impl Room {
         stats: &Stats,
     ) {
         let members = self.members.lock().expect("room lock poisoned");
-        for socket in members.values() {
+        for socket in members.iter() {
             if skip_user.is_some_and(|u| *u == *socket.user_id) {
                 continue;
             }
@@ -166,7 +180,7 @@ impl Room {
     }
 
     fn evict_all(&self, code: u16) {
-        for socket in self.members.lock().expect("room lock poisoned").values() {
+        for socket in self.members.lock().expect("room lock poisoned").iter() {
             socket.eviction.evict(code);
         }
     }
@@ -186,7 +200,7 @@ struct Shard {
 struct Registry {
     rooms: HashMap<Arc<str>, Arc<Room>>,
     shards: HashMap<u16, Shard>,
-    users: HashMap<Arc<str>, HashMap<SocketId, SocketHandle>>,
+    users: HashMap<Arc<str>, Vec<SocketHandle>>,
     socket_rooms: HashMap<SocketId, HashSet<Arc<str>>>,
     next_generation: u64,
 }
@@ -355,7 +369,7 @@ impl Hub {
             .users
             .entry(Arc::clone(&socket.user_id))
             .or_default()
-            .insert(socket.id, socket.clone());
+            .push(socket.clone());
         registry.socket_rooms.entry(socket.id).or_default();
     }
 
@@ -367,7 +381,7 @@ impl Hub {
             leave_room(&mut registry, &conversation_id, socket.id);
         }
         if let Some(sockets) = registry.users.get_mut(&socket.user_id) {
-            sockets.remove(&socket.id);
+            sockets.retain(|s| s.id != socket.id);
             if sockets.is_empty() {
                 registry.users.remove(&socket.user_id);
             }
@@ -446,10 +460,11 @@ impl Hub {
                     room
                 }
             };
-            room.members
-                .lock()
-                .expect("room lock poisoned")
-                .insert(socket.id, socket.clone());
+            let mut members = room.members.lock().expect("room lock poisoned");
+            if !members.iter().any(|m| m.id == socket.id) {
+                members.push(socket.clone());
+            }
+            drop(members);
             registry.shards[&shard].state.clone()
         };
         let live = tokio::time::timeout(
@@ -669,7 +684,7 @@ impl Hub {
         registry
             .users
             .get(user_id)
-            .map(|sockets| sockets.values().cloned().collect())
+            .map(|sockets| sockets.to_vec())
             .unwrap_or_default()
     }
 
@@ -776,7 +791,7 @@ fn leave_room(registry: &mut Registry, conversation_id: &str, socket_id: SocketI
     };
     let empty = {
         let mut members = room.members.lock().expect("room lock poisoned");
-        members.remove(&socket_id);
+        members.retain(|m| m.id != socket_id);
         members.is_empty()
     };
     if !empty {
@@ -854,9 +869,8 @@ mod tests {
         socket.push(&frame, Delivery::Durable, &stats);
         socket.push(&frame, Delivery::Ephemeral, &stats);
         assert_eq!(stats.num_dropped_ephemeral.load(Ordering::Relaxed), 1);
-        assert!(!eviction.token.is_cancelled());
+        assert_eq!(eviction.code(), None);
         socket.push(&frame, Delivery::Durable, &stats);
-        assert!(eviction.token.is_cancelled());
-        assert_eq!(eviction.code.load(Ordering::Relaxed), close::TOO_SLOW);
+        assert_eq!(eviction.code(), Some(close::TOO_SLOW));
     }
 }
