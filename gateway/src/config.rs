@@ -92,9 +92,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Most connections this node holds; more are refused with HTTP 503.
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// Most connections this node holds; more are refused with HTTP 503. Default: the
+    /// open-files limit (raised to its hard limit at start) less 1,024 for everything else.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Largest message a client may send, after reassembly (larger: PROTOCOL_ERROR).
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
@@ -237,7 +238,8 @@ impl Config {
                 "--max-message-bytes must not exceed --max-transport-bytes",
             ));
         }
-        if self.outbox_frames == 0 || self.max_pending_sends == 0 || self.max_connections == 0 {
+        if self.outbox_frames == 0 || self.max_pending_sends == 0 || self.max_connections == Some(0)
+        {
             return Err(ConfigError::Inconsistent(
                 "--outbox-frames, --max-pending-sends and --max-connections must be positive",
             ));

@@ -61,13 +61,40 @@ pub struct Shared {
     ws_config: WebSocketConfig,
     next_socket_id: AtomicU64,
     connections: Arc<Semaphore>,
+    max_connections: usize,
     draining: AtomicBool,
 }
 
 impl Shared {
     fn num_connections(&self) -> usize {
-        self.settings.config.max_connections - self.connections.available_permits()
+        self.max_connections - self.connections.available_permits()
     }
+}
+
+/// Files kept for everything but client connections (NATS, the admin port, logs).
+const RESERVED_FILES: u64 = 1_024;
+
+/// Raises the soft open-files limit to the hard one and says how many connections fit.
+fn connection_limit(configured: Option<usize>) -> usize {
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot raise the open-files limit");
+        rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1_024, |(soft, _)| soft)
+    });
+    let fit = usize::try_from(files.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+    let limit = configured.unwrap_or(fit);
+    if limit > fit {
+        tracing::warn!(
+            limit,
+            files,
+            "more connections allowed than open files: raise the hard limit (ulimit -Hn)"
+        );
+    }
+    tracing::info!(
+        open_files = files,
+        max_connections = limit,
+        "connection limit"
+    );
+    limit
 }
 
 /// A handle on the node; a cheap `Clone`.
@@ -110,6 +137,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let config = settings.config.clone();
+    let max_connections = connection_limit(config.max_connections);
     let (signals_tx, signals) = mpsc::channel(64);
     let client = async_nats::ConnectOptions::new()
         .name(format!("chat-gateway {}", settings.node_id))
@@ -168,7 +196,8 @@ pub async fn run(
                 max_metadata_depth: config.max_metadata_depth,
             },
             ws_config: ws_config(&config),
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            connections: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             settings,
             client: client.clone(),
             js,
