@@ -668,7 +668,9 @@ impl Session {
         if let Some(id) = request_id {
             self.emit(client::ack(
                 &id,
-                json!({ "message": MessageJson::from(&message) }),
+                client::MessageData {
+                    message: MessageJson::from(&message),
+                },
             ));
         }
     }

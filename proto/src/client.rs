@@ -272,6 +272,13 @@ impl<'a> From<&'a v1::ChatMessage> for MessageJson<'a> {
     }
 }
 
+/// `{message}`: the data of `message:new` and of the acks of sends and edits.
+#[derive(Debug, Serialize)]
+pub struct MessageData<'a> {
+    /// The message.
+    pub message: MessageJson<'a>,
+}
+
 /// A conversation as clients see it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -375,11 +382,9 @@ pub fn conversation_push(event: &v1::ConversationEvent) -> Option<(String, Deliv
     let seq = event.seq;
     let frame = match event.kind.as_ref()? {
         Kind::MessageCreated(created) => {
-            let message = created.message.as_ref()?;
-            push(
-                "message:new",
-                serde_json::json!({ "message": MessageJson::from(message) }),
-            )
+            // The hot path: serialized straight from the message, not through a `Value` tree.
+            let message = MessageJson::from(created.message.as_ref()?);
+            push("message:new", MessageData { message })
         }
         Kind::MessageEdited(e) => push(
             "message:updated",
