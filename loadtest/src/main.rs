@@ -60,14 +60,27 @@ pub(crate) fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// Runs a scenario within its time bound; its agents are killed with it when the bound passes.
+async fn bounded<T>(
+    max_seconds: u64,
+    run: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(std::time::Duration::from_secs(max_seconds), run).await {
+        Ok(result) => result.map(drop),
+        Err(_) => {
+            anyhow::bail!("the run took longer than --max-seconds {max_seconds} and was stopped")
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
-        Scenario::Idle(options) => scenarios::idle(options).await.map(drop),
-        Scenario::Fanout(options) => scenarios::fanout(options).await.map(drop),
-        Scenario::Ramp(options) => scenarios::ramp(options).await.map(drop),
-        Scenario::Longtail(options) => scenarios::longtail(options).await.map(drop),
-        Scenario::Storm(options) => scenarios::storm(options).await.map(drop),
+        Scenario::Idle(o) => bounded(o.common.max_seconds, scenarios::idle(o)).await,
+        Scenario::Fanout(o) => bounded(o.common.max_seconds, scenarios::fanout(o)).await,
+        Scenario::Ramp(o) => bounded(o.fanout.common.max_seconds, scenarios::ramp(o)).await,
+        Scenario::Longtail(o) => bounded(o.common.max_seconds, scenarios::longtail(o)).await,
+        Scenario::Storm(o) => bounded(o.fanout.common.max_seconds, scenarios::storm(o)).await,
         Scenario::BusLongtail(options) => bus_longtail::run(options).await,
         Scenario::Agent => agent::run().await,
     }
