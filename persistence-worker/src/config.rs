@@ -23,7 +23,7 @@ pub struct Config {
     pub batch_size: u16,
 
     /// How long a batch waits for more events after its first one.
-    #[arg(long, env = "CHAT_BATCH_WAIT", default_value = "5ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CHAT_BATCH_WAIT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
 
     /// How far back the stream keeps events: the resume horizon (older ones are in the store only).
