@@ -368,7 +368,8 @@ impl Hub {
         registry
             .users
             .entry(Arc::clone(&socket.user_id))
-            .or_default()
+            // Most users have one device on a node.
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(socket.clone());
         registry.socket_rooms.entry(socket.id).or_default();
     }
@@ -448,7 +449,8 @@ impl Hub {
                 Some(room) => Arc::clone(room),
                 None => {
                     let room = Arc::new(Room {
-                        members: Mutex::default(),
+                        // Most rooms have one local member (a direct conversation).
+                        members: Mutex::new(Vec::with_capacity(1)),
                         seen: Mutex::new(SeenSeqs::new(self.inner.hwm.load(Ordering::Relaxed))),
                     });
                     registry.rooms.insert(conversation_id, Arc::clone(&room));
