@@ -10,14 +10,7 @@ use clap::Parser as _;
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
     chat_proto::service::init_tracing(cli.config.log_json);
     if let Some(Command::DevToken { user, ttl, role }) = &cli.command {
@@ -38,13 +31,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    match serve(settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    chat_proto::service::exit_code(serve(settings).await)
 }
 
 async fn serve(settings: chat_gateway::Settings) -> anyhow::Result<()> {

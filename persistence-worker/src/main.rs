@@ -9,23 +9,10 @@ use clap::Parser as _;
 async fn main() -> ExitCode {
     let config = match chat_persistence_worker::Config::try_parse() {
         Ok(config) => config,
-        Err(error) => {
-            let _ = error.print();
-            return if error.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
     chat_proto::service::init_tracing(config.log_json);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    chat_proto::service::exit_code(run(config).await)
 }
 
 async fn run(config: chat_persistence_worker::Config) -> anyhow::Result<()> {

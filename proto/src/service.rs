@@ -1,6 +1,30 @@
-//! What every binary of the product starts with: logging and the shutdown signal.
+//! What every binary of the product starts with: logging, the shutdown signal, and exit codes.
+
+use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
+
+/// The exit code for a command line that did not parse: 64 (bad input) after the error, or 0
+/// after `--help` and `--version`.
+pub fn exit_for_parse_error(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    if error.use_stderr() {
+        ExitCode::from(64)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The exit code of a finished run; a failure is logged with its causes.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON lines when `json`.
 pub fn init_tracing(json: bool) {
