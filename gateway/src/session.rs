@@ -647,29 +647,28 @@ impl Session {
         };
         event.seq = stored.seq;
         shared.hub.observe(stored.seq);
-        let mut message = match event.kind.take() {
-            Some(Kind::MessageCreated(created)) => created.message.unwrap_or_default(),
-            _ => unreachable!("only sends are pending"),
-        };
-        message.id = stored.seq;
-        if stored.duplicate {
-            // The first send's message, as it was stored.
-            if let Ok(Some(original)) = shared.reader.original(stored.seq).await {
-                message = original;
-            }
+        let original = if stored.duplicate {
+            // The first send's message, as it was stored; it was announced then.
+            shared.reader.original(stored.seq).await.ok().flatten()
         } else {
-            event.kind = Some(Kind::MessageCreated(v1::MessageCreated {
-                message: Some(message.clone()),
-            }));
             if let Err(error) = bus::publish_live(&shared.client, &event).await {
                 tracing::warn!(%error, "live publish failed; members fill from the stream");
             }
-        }
+            None
+        };
+        let Some(Kind::MessageCreated(v1::MessageCreated {
+            message: Some(message),
+        })) = &mut event.kind
+        else {
+            unreachable!("only sends are pending");
+        };
+        message.id = stored.seq;
+        let message = original.as_ref().unwrap_or(message);
         if let Some(id) = request_id {
             self.emit(client::ack(
                 &id,
                 client::MessageData {
-                    message: MessageJson::from(&message),
+                    message: MessageJson::from(message),
                 },
             ));
         }
