@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+pub use chat_proto::history::Window;
 use chat_proto::v1::{self, ChatMessage, ConversationEvent, conversation_event::Kind};
 use chat_proto::{bus, subjects};
 
@@ -16,17 +17,6 @@ use crate::worker::{CallError, WorkerClient};
 
 /// Most stream events one read goes through beyond the store's position.
 const MAX_STREAM_EVENTS: usize = 10_000;
-
-/// Which messages a sync wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    /// The newest.
-    Newest,
-    /// After this id, oldest first.
-    After(u64),
-    /// Before this id.
-    Before(u64),
-}
 
 /// Reads a conversation's events from the stream.
 #[derive(Clone)]
@@ -113,11 +103,7 @@ pub async fn sync(
     window: Window,
     limit: u32,
 ) -> Result<Page, RequestError> {
-    let (after_id, before_id) = match window {
-        Window::Newest => (None, None),
-        Window::After(id) => (Some(id), None),
-        Window::Before(id) => (None, Some(id)),
-    };
+    let (after_id, before_id) = window.ids();
     let request = v1::HistoryRequest {
         conversation_id: conversation_id.to_owned(),
         after_id,
@@ -200,21 +186,12 @@ pub fn merge(
             _ => {}
         }
     }
-    let in_window = |id: &u64| match window {
-        Window::Newest => true,
-        Window::After(after) => *id > after,
-        Window::Before(before) => *id < before,
-    };
-    let mut ids: Vec<u64> = messages.keys().copied().filter(in_window).collect();
-    let limit = limit as usize;
-    let has_more = stored_has_more || ids.len() > limit;
-    match window {
-        Window::After(_) => ids.truncate(limit),
-        Window::Newest | Window::Before(_) => {
-            let excess = ids.len().saturating_sub(limit);
-            ids.drain(..excess);
-        }
-    }
+    let mut ids: Vec<u64> = messages
+        .keys()
+        .copied()
+        .filter(|&id| window.contains(id))
+        .collect();
+    let has_more = window.cut(&mut ids, limit as usize) || stored_has_more;
     let page = ids
         .into_iter()
         .filter_map(|id| messages.remove(&id))

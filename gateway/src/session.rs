@@ -751,11 +751,7 @@ impl Session {
             return Err(RequestError::invalid(format!("limit must be 1 to {max}")));
         }
         self.require_member(&data.conversation_id).await?;
-        let window = match (data.last_message_id, data.before_message_id) {
-            (Some(after), _) => Window::After(after),
-            (None, Some(before)) => Window::Before(before),
-            (None, None) => Window::Newest,
-        };
+        let window = Window::new(data.last_message_id, data.before_message_id);
         let shared = &self.gateway.shared;
         let (messages, has_more) = history::sync(
             &shared.worker,

@@ -196,11 +196,7 @@ impl<S: Store> Handlers<S> {
             }
             rpc::HISTORY => {
                 let r = v1::HistoryRequest::decode(payload)?;
-                let window = match (r.after_id, r.before_id) {
-                    (Some(after), _) => Window::After(after),
-                    (None, Some(before)) => Window::Before(before),
-                    (None, None) => Window::Newest,
-                };
+                let window = Window::new(r.after_id, r.before_id);
                 let committed_seq = self.store.committed_seq().await?;
                 let page = self
                     .store
@@ -374,32 +370,16 @@ fn conversation_reply(conversation: v1::Conversation) -> Vec<u8> {
 /// Cuts a page to `budget` encoded bytes, keeping the messages nearest the window's anchor.
 fn fit_page(mut page: Page, window: Window, budget: usize) -> Page {
     let mut size = 0;
-    let fits = |m: &v1::ChatMessage, size: &mut usize| {
-        *size += m.encoded_len() + 8;
-        *size <= budget
+    let fits = |m: &&v1::ChatMessage| {
+        size += m.encoded_len() + 8;
+        size <= budget
     };
-    let keep = match window {
-        Window::After(_) => page
-            .messages
-            .iter()
-            .take_while(|m| fits(m, &mut size))
-            .count(),
-        Window::Before(_) | Window::Newest => page
-            .messages
-            .iter()
-            .rev()
-            .take_while(|m| fits(m, &mut size))
-            .count(),
+    let keep = if window.anchored_at_oldest() {
+        page.messages.iter().take_while(fits).count()
+    } else {
+        page.messages.iter().rev().take_while(fits).count()
     };
-    if keep < page.messages.len() {
-        page.has_more = true;
-        match window {
-            Window::After(_) => page.messages.truncate(keep),
-            Window::Before(_) | Window::Newest => {
-                page.messages.drain(..page.messages.len() - keep);
-            }
-        }
-    }
+    page.has_more |= window.cut(&mut page.messages, keep);
     page
 }
 

@@ -5,6 +5,7 @@
 //! - [`subjects`]: the NATS subject names and the stream name, with the encoding that keeps user
 //!   and conversation ids from ever forming a wildcard or an extra subject token.
 //! - [`client`]: the client protocol v1 (JSON over WebSocket): envelopes, codes, payloads.
+//! - [`history`]: the window of a history read, shared by the gateway and the worker.
 //! - [`bus`]: publishing conversation events durably, then live.
 //! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
 //! - `service` (feature `service`): logging and the shutdown signal of every binary.
@@ -14,6 +15,7 @@
 
 pub mod bus;
 pub mod client;
+pub mod history;
 pub mod subjects;
 pub mod timestamp;
 

@@ -36,16 +36,7 @@ pub enum StoreError {
     Task(String),
 }
 
-/// Which messages a history read wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    /// The newest ones.
-    Newest,
-    /// The ones after this id, oldest first.
-    After(u64),
-    /// The ones before this id (scrolling up).
-    Before(u64),
-}
+pub use chat_proto::history::Window;
 
 /// A page of history, in id order.
 #[derive(Debug, Clone, Default)]
