@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -245,7 +246,7 @@ pub(crate) async fn connect(socket: &Socket, source: Ipv4Addr, secret: &str) -> 
     // tungstenite zero-fills its read size on every read: 1 KiB holds a delivery (~350 bytes).
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
-        .write_buffer_size(0);
+        .write_buffer_size(16 * 1024);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
@@ -400,13 +401,12 @@ fn flush_latencies(latencies: &mut Vec<(u64, usize)>, shared: &Shared) {
 
 /// Runs one connection; true when a storm asks for a reconnection.
 async fn run_socket(
-    ws: Ws,
+    mut ws: Ws,
     socket: &Socket,
     shared: &Shared,
     current: &mut watch::Receiver<Current>,
     state: &mut SocketState,
 ) -> bool {
-    let (mut sink, mut stream) = ws.split();
     let SocketState {
         phase,
         tally,
@@ -414,6 +414,13 @@ async fn run_socket(
         reported,
         latencies,
     } = state;
+    // Made once and reset when their deadline moves: a timer or a watch registration made anew
+    // on every turn of the loop (once per frame received) costs more than reading the frame.
+    let change = next_change(current.clone());
+    let send_timer = tokio::time::sleep(Duration::ZERO);
+    let report_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(change, send_timer, report_timer);
+    let (mut send_set, mut report_set) = (None, None);
     loop {
         let (send_due, report_due) = match phase.phase {
             Some(p) => {
@@ -429,12 +436,15 @@ async fn run_socket(
             }
             None => (None, None),
         };
+        reset_timer(send_timer.as_mut(), &mut send_set, send_due);
+        reset_timer(report_timer.as_mut(), &mut report_set, report_due);
         tokio::select! {
-            changed = current.changed() => {
-                if changed.is_err() {
+            next = &mut change => {
+                let Some((next, rx)) = next else {
                     return false;
-                }
-                let next = *current.borrow_and_update();
+                };
+                current.borrow_and_update();
+                change.set(next_change(rx));
                 if next.id != phase.id {
                     *tally = Tally::default();
                     latencies.clear();
@@ -447,7 +457,7 @@ async fn run_socket(
                     return true;
                 }
             }
-            () = sleep_until_unix_us(send_due) => {
+            () = &mut send_timer, if send_due.is_some() => {
                 let (Some(p), Some(sender), Some(room)) = (phase.phase, socket.sender, &socket.room) else { continue };
                 // Send every message that is due, even if late: latency counts from the due time.
                 let now = unix_micros();
@@ -461,18 +471,18 @@ async fn run_socket(
                         r#"{{"event":"message:send","requestId":"{}:{next_k}","data":{{"conversationId":"{room}","content":"lt:{}:{due_us}:{sender}:{next_k}"}}}}"#,
                         phase.id, phase.id
                     );
-                    if sink.feed(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
+                    if ws.feed(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
                         return false;
                     }
                     *next_k += 1;
                     batch += 1;
                 }
-                if sink.flush().await.is_err() {
+                if ws.flush().await.is_err() {
                     return false;
                 }
                 *shared.results.lock().expect("results lock").sent.entry(sender).or_default() = *next_k;
             }
-            () = sleep_until_unix_us(report_due) => {
+            () = &mut report_timer, if report_due.is_some() => {
                 *reported = true;
                 flush_latencies(latencies, shared);
                 if let Some(room) = &socket.room {
@@ -480,7 +490,7 @@ async fn run_socket(
                     shared.results.lock().expect("results lock").receipts.push(receipts);
                 }
             }
-            frame = stream.next() => {
+            frame = ws.next() => {
                 // Handle what is already buffered in one go: one turn of the loop for a burst.
                 let mut frame = Some(frame);
                 while let Some(next) = frame.take() {
@@ -499,7 +509,7 @@ async fn run_socket(
                             return false;
                         }
                     }
-                    frame = stream.next().now_or_never();
+                    frame = ws.next().now_or_never();
                 }
                 if latencies.len() >= LATENCY_BATCH {
                     flush_latencies(latencies, shared);
@@ -556,12 +566,21 @@ fn on_frame(
     }
 }
 
-async fn sleep_until_unix_us(due: Option<u64>) {
-    match due {
-        Some(due) => {
-            tokio::time::sleep(Duration::from_micros(due.saturating_sub(unix_micros()))).await
-        }
-        None => std::future::pending().await,
+/// The next phase change, with the receiver to wait for the one after.
+async fn next_change(
+    mut current: watch::Receiver<Current>,
+) -> Option<(Current, watch::Receiver<Current>)> {
+    current.changed().await.ok()?;
+    let next = *current.borrow_and_update();
+    Some((next, current))
+}
+
+/// Points `timer` at `due` (µs since the epoch) when that is not where it points already.
+fn reset_timer(timer: Pin<&mut tokio::time::Sleep>, set: &mut Option<u64>, due: Option<u64>) {
+    if let Some(due) = due.filter(|&due| *set != Some(due)) {
+        let wait = Duration::from_micros(due.saturating_sub(unix_micros()));
+        timer.reset(tokio::time::Instant::now() + wait);
+        *set = Some(due);
     }
 }
 

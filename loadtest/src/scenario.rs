@@ -31,8 +31,8 @@ pub(crate) struct Common {
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     #[serde(skip)]
     pub(crate) jwt_secret: String,
-    /// Agent processes to spread the sockets over (each stays under its open-files limit);
-    /// default: one per 15,000 sockets.
+    /// Agent processes to spread the sockets over (each is one thread and stays under its
+    /// open-files limit); default: one per 15,000 sockets.
     #[arg(long)]
     pub(crate) agents: Option<usize>,
     /// Source addresses 127.0.0.1, 127.0.0.2, … to spread the sockets over (about 28,000 ports each).
