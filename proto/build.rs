@@ -1,4 +1,4 @@
-//! Generates the Rust types of the `.proto` files. protoc comes from `protoc-bin-vendored` unless
+//! Generates the Rust types and the router's gRPC service of the `.proto` files. protoc comes from `protoc-bin-vendored` unless
 //! `PROTOC` names another one, so a fresh machine needs no manual install.
 
 use std::error::Error;
@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
-    config.compile_protos(PROTOS, &["proto"])?;
+    // The router's service: server and client code (tonic).
+    tonic_prost_build::configure().compile_with_config(config, PROTOS, &["proto"])?;
     Ok(())
 }

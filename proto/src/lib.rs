@@ -1,12 +1,14 @@
 //! The contract crate: everything the gateways, the persistence worker and the router agree on.
 //!
 //! - [`v1`]: the protobuf schemas (`proto/chat/v1/*.proto`): events on the bus, the worker's
-//!   request-reply messages, and (reserved) the router's service.
+//!   request-reply messages, and the router's gRPC service (`v1::router_server`,
+//!   `v1::router_client`) with the presence changes it publishes.
 //! - [`subjects`]: the NATS subject names and the stream name, with the encoding that keeps user
 //!   and conversation ids from ever forming a wildcard or an extra subject token.
 //! - [`client`]: the client protocol v1 (JSON over WebSocket): envelopes, codes, payloads.
 //! - [`history`]: the window of a history read, shared by the gateway and the worker.
 //! - [`bus`]: publishing conversation events durably, then live.
+//! - [`routing`]: clients of the routers, the users split over them by hash of user id.
 //! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
 //! - `service` (feature `service`): logging and the shutdown signal of every binary.
 //! - `testing` (feature `test-util`): a real `nats-server` for tests.
@@ -16,6 +18,7 @@
 pub mod bus;
 pub mod client;
 pub mod history;
+pub mod routing;
 pub mod subjects;
 pub mod timestamp;
 

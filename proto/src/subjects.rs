@@ -62,12 +62,16 @@ pub const LIVE_SHARDS: u16 = 256;
 
 /// The shard of a conversation: FNV-1a of its id, stable across processes and versions.
 pub fn live_shard(conversation_id: &str) -> u16 {
-    let hash = conversation_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-    u16::try_from(hash % u64::from(LIVE_SHARDS)).expect("a shard is below LIVE_SHARDS")
+    u16::try_from(fnv1a(conversation_id) % u64::from(LIVE_SHARDS))
+        .expect("a shard is below LIVE_SHARDS")
+}
+
+/// FNV-1a of an id: a stable hash, the same in every process and version (conversation shards,
+/// and the router that owns a user).
+pub fn fnv1a(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The core subject on which a conversation's events are delivered live:
@@ -91,8 +95,18 @@ pub fn user_live(user_id: &str) -> String {
 }
 
 /// Every user's events; a gateway node subscribes to it once and keeps the ones of its own
-/// users. (The router's placement replaces it with one subject per node.)
+/// users. Publishers use it when the router's placement is unknown (no router, or unreachable).
 pub const ALL_USERS_LIVE: &str = "chat.live.user.*";
+
+/// Events addressed to users with a session on one node, published there through the router's
+/// placement: one subscription per node, whatever its number of users.
+pub fn node_users(node_id: &str) -> String {
+    format!("chat.node.{}.users", encode(node_id))
+}
+
+/// Presence changes published by the routers ([`crate::v1::PresenceChanges`]); every gateway
+/// subscribes once and tells its local users who share a conversation with the user.
+pub const PRESENCE: &str = "chat.presence";
 
 /// Encodes an id into one subject token (see the module documentation).
 pub fn encode(id: &str) -> String {

@@ -1,15 +1,25 @@
-//! `chat-router`: the routing broker (session placement and presence over gRPC).
-//!
-//! Not built yet: it arrives with its own issue. The contract reserves its place in
-//! `proto/proto/chat/v1/router.proto`. Until then the gateways deliver user events through one
-//! subscription per node and presence is not tracked.
+//! `chat-router`: see the library for what it does.
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "chat-router is not built yet: session placement and presence come with the router issue.\n\
-         The chat works without it (gateways, persistence worker and NATS); see README.md."
-    );
-    ExitCode::from(69)
+use anyhow::Context as _;
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match chat_router::Config::try_parse() {
+        Ok(config) => config,
+        Err(error) => return chat_proto::service::exit_for_parse_error(&error),
+    };
+    chat_proto::service::init_tracing(config.log_json);
+    chat_proto::service::exit_code(run(config).await)
+}
+
+async fn run(config: chat_router::Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    chat_router::run(config, listener, chat_proto::service::shutdown_signal())
+        .await
+        .context("the router stopped")
 }

@@ -1,0 +1,109 @@
+//! The routing broker: which user has which sessions on which gateway node, with what presence
+//! status.
+//!
+//! Gateways attach one stream per node ([`service`]): they register their live sessions, ask for
+//! the admission of each new one (the per-user session limit), report closes and status changes,
+//! and hold a lease by heartbeat. The state ([`placement`]) is soft and in memory: after a restart
+//! the gateways re-register on reconnect, and presence changes wait for a grace of one lease
+//! meanwhile, so nobody sees a false `user:offline`. A node whose lease lapses (crash, partition)
+//! loses its sessions, and its users go offline unless they have a session elsewhere. Presence
+//! changes are gathered over a short window and published on NATS ([`chat_proto::subjects::PRESENCE`]);
+//! the gateways tell their local users who share a conversation with the user.
+//!
+//! Several routers can share the users by hash of user id: each gateway attaches to all of them
+//! and sends each user's updates and lookups to its owner (`chat_proto::routing`).
+
+pub mod placement;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use service::Router;
+
+/// The routing broker: session placement, presence and the per-user session limit, over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-router", version)]
+pub struct Config {
+    /// Address of the gRPC service.
+    #[arg(long, env = "CHAT_ROUTER_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+
+    /// NATS server URL(s), comma-separated: presence changes are published there.
+    #[arg(long, env = "CHAT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// How long a gateway node keeps its sessions without a sign of life (it sends heartbeats
+    /// three times as often). A crashed node's users go offline within it. After a router start,
+    /// presence changes wait this long while the nodes re-register.
+    #[arg(long, env = "CHAT_ROUTER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+
+    /// Most sessions one user may have across the cluster; the next connect is closed with 4429.
+    #[arg(long, env = "CHAT_MAX_SESSIONS_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_user: u32,
+
+    /// Presence changes are gathered this long before they are published: a user who leaves
+    /// and comes back within it (a reconnection) causes none.
+    #[arg(long, env = "CHAT_PRESENCE_WINDOW", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub presence_window: Duration,
+
+    /// Write logs as JSON lines.
+    #[arg(long, env = "CHAT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Failures that stop the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// NATS could not be reached.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The gRPC server failed.
+    #[error("grpc: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Runs the router on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("chat-router")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&config.nats_url)
+        .await
+        .map_err(|e| RouterError::Nats(e.to_string()))?;
+    let router = Router::new(config.lease, config.max_sessions_per_user as usize);
+    let token = CancellationToken::new();
+    let publisher = tokio::spawn(router.clone().publish_changes(
+        client.clone(),
+        config.presence_window,
+        config.lease,
+        token.clone(),
+    ));
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        lease = ?config.lease,
+        max_sessions_per_user = config.max_sessions_per_user,
+        "router ready"
+    );
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .add_service(chat_proto::v1::router_server::RouterServer::new(router))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    token.cancel();
+    let _ = publisher.await;
+    let _ = client.flush().await;
+    served?;
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! Where every user's sessions are: the router's whole state, in memory, behind one lock.
+//!
+//! Nodes own their sessions: a node's `Hello` replaces everything the router had of it, and a
+//! node whose lease lapses loses all of them. A user's visible status is offline without
+//! sessions, offline when invisible, and otherwise the status they set. Every operation notes the
+//! users whose visible status may have changed, with what it was before the first change of the
+//! current window; [`Placement::take_changes`] then yields only the real changes (a user who left
+//! and came back within the window is not one).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chat_proto::v1::{self, Status};
+
+/// One session as the router keeps it.
+#[derive(Debug, Clone)]
+struct SessionEntry {
+    id: Arc<str>,
+    node: Arc<str>,
+}
+
+#[derive(Debug)]
+struct User {
+    /// Usually one or two.
+    sessions: Vec<SessionEntry>,
+    status: Status,
+    /// Who hears of this user's presence.
+    conversations: Arc<[String]>,
+}
+
+impl User {
+    fn visible(&self) -> Status {
+        match self.status {
+            _ if self.sessions.is_empty() => Status::Offline,
+            Status::Invisible => Status::Offline,
+            status => status,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    /// (user, session) of every session on the node.
+    sessions: HashSet<(Arc<str>, Arc<str>)>,
+    /// Tells this attachment apart from a later one of the same node.
+    generation: u64,
+    expires: Instant,
+}
+
+/// What others saw of a user when the window's first change came.
+#[derive(Debug)]
+struct Before {
+    visible: Status,
+    conversations: Arc<[String]>,
+}
+
+/// The answer to an `Opened`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    pub admitted: bool,
+    /// The user's sessions, this one included when admitted.
+    pub sessions: usize,
+}
+
+/// The placement of every session the router owns.
+#[derive(Debug)]
+pub struct Placement {
+    users: HashMap<Arc<str>, User>,
+    nodes: HashMap<Arc<str>, Node>,
+    max_sessions_per_user: usize,
+    changed: HashMap<Arc<str>, Before>,
+}
+
+impl Placement {
+    /// An empty placement that admits at most `max_sessions_per_user` sessions per user.
+    pub fn new(max_sessions_per_user: usize) -> Self {
+        Self {
+            users: HashMap::new(),
+            nodes: HashMap::new(),
+            max_sessions_per_user,
+            changed: HashMap::new(),
+        }
+    }
+
+    /// A node (re)attaches with everything it has: what the router had of it is replaced. Its
+    /// `departed` sessions closed while it could not tell the router: their users are noted as
+    /// having been visible, so that they go offline if they have no session left.
+    pub fn hello(
+        &mut self,
+        node_id: &str,
+        generation: u64,
+        expires: Instant,
+        sessions: Vec<v1::Session>,
+        departed: Vec<v1::Session>,
+    ) {
+        self.drop_node(node_id);
+        let node: Arc<str> = node_id.into();
+        self.nodes.insert(
+            Arc::clone(&node),
+            Node {
+                sessions: HashSet::new(),
+                generation,
+                expires,
+            },
+        );
+        for session in sessions {
+            self.add(&node, session);
+        }
+        for session in departed {
+            let user_id: Arc<str> = session.user_id.as_str().into();
+            if !self.changed.contains_key(&user_id) && !self.users.contains_key(&user_id) {
+                self.changed.insert(
+                    user_id,
+                    Before {
+                        visible: Status::Online,
+                        conversations: session.conversation_ids.into(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether `generation` is the node's current attachment; updates of an older one (a stream
+    /// that has not noticed it was replaced) are ignored.
+    pub fn is_current(&self, node_id: &str, generation: u64) -> bool {
+        self.nodes
+            .get(node_id)
+            .is_some_and(|n| n.generation == generation)
+    }
+
+    /// Extends a node's lease.
+    pub fn renew(&mut self, node_id: &str, expires: Instant) {
+        if let Some(node) = self.nodes.get_mut(node_id) {
+            node.expires = expires;
+        }
+    }
+
+    /// A session opens on `node_id`; refused when the user has their limit of sessions (not
+    /// counting the one it replaces, which is closed).
+    pub fn open(&mut self, node_id: &str, session: v1::Session, replaces: &str) -> Admission {
+        let Some((node, _)) = self.nodes.get_key_value(node_id) else {
+            return Admission {
+                admitted: false,
+                sessions: 0,
+            };
+        };
+        let node = Arc::clone(node);
+        if !replaces.is_empty() {
+            self.close(&session.user_id, replaces);
+        }
+        let sessions = self.users.get(session.user_id.as_str()).map_or(0, |u| {
+            u.sessions
+                .iter()
+                .filter(|s| *s.id != *session.session_id)
+                .count()
+        });
+        if sessions >= self.max_sessions_per_user {
+            return Admission {
+                admitted: false,
+                sessions,
+            };
+        }
+        self.add(&node, session);
+        Admission {
+            admitted: true,
+            sessions: sessions + 1,
+        }
+    }
+
+    /// A session closes, wherever it was.
+    pub fn close(&mut self, user_id: &str, session_id: &str) {
+        let Some((user_id, user)) = self.users.get_key_value(user_id) else {
+            return;
+        };
+        let Some(at) = user.sessions.iter().position(|s| *s.id == *session_id) else {
+            return;
+        };
+        let user_id = Arc::clone(user_id);
+        self.note(&user_id);
+        let user = self
+            .users
+            .get_mut(&user_id)
+            .expect("the user was just found");
+        let session = user.sessions.swap_remove(at);
+        if user.sessions.is_empty() {
+            self.users.remove(&user_id);
+        }
+        if let Some(node) = self.nodes.get_mut(&session.node) {
+            node.sessions.remove(&(user_id, session.id));
+        }
+    }
+
+    /// A user sets their status (for all their sessions).
+    pub fn set_status(&mut self, user_id: &str, status: Status) {
+        let Some((user_id, _)) = self.users.get_key_value(user_id) else {
+            return;
+        };
+        let user_id = Arc::clone(user_id);
+        self.note(&user_id);
+        if let Some(user) = self.users.get_mut(&user_id) {
+            user.status = status;
+        }
+    }
+
+    /// Drops the nodes whose lease lapsed before `now`, with their sessions; returns their ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<Arc<str>> {
+        let lapsed: Vec<Arc<str>> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.expires <= now)
+            .map(|(id, _)| Arc::clone(id))
+            .collect();
+        for node in &lapsed {
+            self.drop_node(node);
+        }
+        lapsed
+    }
+
+    /// The sessions of a user, with their nodes.
+    pub fn sessions_of(&self, user_id: &str) -> Vec<v1::NodeSession> {
+        self.users.get(user_id).map_or_else(Vec::new, |user| {
+            user.sessions
+                .iter()
+                .map(|s| v1::NodeSession {
+                    node_id: s.node.to_string(),
+                    session_id: s.id.to_string(),
+                })
+                .collect()
+        })
+    }
+
+    /// What others see of a user.
+    pub fn visible(&self, user_id: &str) -> Status {
+        self.users
+            .get(user_id)
+            .map_or(Status::Offline, User::visible)
+    }
+
+    /// Sessions per node, and the users with at least one session.
+    pub fn stats(&self) -> (Vec<(Arc<str>, usize)>, usize) {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, node)| (Arc::clone(id), node.sessions.len()))
+            .collect();
+        (nodes, self.users.len())
+    }
+
+    /// The real changes of visible status since the last call, oldest state first.
+    pub fn take_changes(&mut self) -> Vec<(Arc<str>, Change)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|(user_id, before)| {
+                let now = self.visible(&user_id);
+                (now != before.visible).then(|| {
+                    let conversations = self
+                        .users
+                        .get(&user_id)
+                        .map_or(before.conversations, |u| Arc::clone(&u.conversations));
+                    (
+                        user_id,
+                        Change {
+                            previous: before.visible,
+                            current: now,
+                            conversations,
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Ends the grace after a restart, while the nodes re-registered: users with sessions did not
+    /// change (the router only had not heard of them), so their notes go; users noted during the
+    /// grace who have no session left were online before (a node had them, or told of their
+    /// departure) and go offline.
+    pub fn end_grace(&mut self) {
+        let users = &self.users;
+        self.changed
+            .retain(|user_id, _| !users.contains_key(user_id));
+        for before in self.changed.values_mut() {
+            before.visible = Status::Online;
+        }
+    }
+
+    fn add(&mut self, node: &Arc<str>, session: v1::Session) {
+        let user_id: Arc<str> = session.user_id.as_str().into();
+        let session_id: Arc<str> = session.session_id.as_str().into();
+        self.note(&user_id);
+        let status = Status::try_from(session.status).unwrap_or(Status::Online);
+        let user = self
+            .users
+            .entry(Arc::clone(&user_id))
+            .or_insert_with(|| User {
+                sessions: Vec::with_capacity(1),
+                status: if status == Status::Offline {
+                    Status::Online
+                } else {
+                    status
+                },
+                conversations: Arc::from(Vec::new()),
+            });
+        user.sessions.retain(|s| s.id != session_id);
+        user.sessions.push(SessionEntry {
+            id: Arc::clone(&session_id),
+            node: Arc::clone(node),
+        });
+        user.conversations = session.conversation_ids.into();
+        if let Some(node) = self.nodes.get_mut(node) {
+            node.sessions.insert((user_id, session_id));
+        }
+    }
+
+    fn drop_node(&mut self, node_id: &str) {
+        let Some(node) = self.nodes.remove(node_id) else {
+            return;
+        };
+        for (user_id, session_id) in node.sessions {
+            self.note(&user_id);
+            if let Some(user) = self.users.get_mut(&user_id) {
+                user.sessions.retain(|s| s.id != session_id);
+                if user.sessions.is_empty() {
+                    self.users.remove(&user_id);
+                }
+            }
+        }
+    }
+
+    /// Notes what others see of `user_id` before its first change of the window.
+    fn note(&mut self, user_id: &Arc<str>) {
+        if self.changed.contains_key(user_id) {
+            return;
+        }
+        let (visible, conversations) = self.users.get(user_id).map_or_else(
+            || (Status::Offline, Arc::from(Vec::new())),
+            |u| (u.visible(), Arc::clone(&u.conversations)),
+        );
+        self.changed.insert(
+            Arc::clone(user_id),
+            Before {
+                visible,
+                conversations,
+            },
+        );
+    }
+}
+
+/// A real change of what others see of a user.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub previous: Status,
+    pub current: Status,
+    pub conversations: Arc<[String]>,
+}
