@@ -1,4 +1,4 @@
-//! The admin port: `/healthz` (the process is up), `/readyz` (NATS is connected and the node is
+//! The admin port: `/healthz` (the process is up; the routers' reachability in the body), `/readyz` (NATS is connected and the node is
 //! not draining) and `/metrics` (Prometheus text). A minimal HTTP/1.1 responder: one request per
 //! connection, bounded in size and time.
 
@@ -40,7 +40,7 @@ async fn answer(mut stream: TcpStream, gateway: &Gateway) -> std::io::Result<()>
     let request = String::from_utf8_lossy(&buffer[..read]);
     let path = request.split_whitespace().nth(1).unwrap_or("/");
     let (status, body) = match path {
-        "/healthz" => ("200 OK", "ok\n".to_owned()),
+        "/healthz" => ("200 OK", health(gateway)),
         "/readyz" => match gateway.not_ready_reason() {
             None => ("200 OK", "ready\n".to_owned()),
             Some(reason) => ("503 Service Unavailable", format!("not ready: {reason}\n")),
@@ -56,6 +56,24 @@ async fn answer(mut stream: TcpStream, gateway: &Gateway) -> std::io::Result<()>
     stream.shutdown().await
 }
 
+/// The process is up; what it misses is said, not failed: without a router the node still
+/// serves chat (presence and the session limit wait for it).
+fn health(gateway: &Gateway) -> String {
+    let Some(router) = &gateway.shared.router else {
+        return "ok\nrouter: none configured\n".to_owned();
+    };
+    let unreachable = router.unreachable();
+    if unreachable.is_empty() {
+        "ok\nrouter: attached\n".to_owned()
+    } else {
+        format!(
+            "ok\nrouter: {} of {} unreachable (presence and the session limit degraded)\n",
+            unreachable.len(),
+            router.routers().len()
+        )
+    }
+}
+
 fn metrics(gateway: &Gateway) -> String {
     let shared = &gateway.shared;
     let stats = shared.hub.stats();
@@ -66,6 +84,10 @@ fn metrics(gateway: &Gateway) -> String {
             shared.hub.num_subscriptions() as u64,
         ),
         ("chat_gateway_rooms", shared.hub.num_rooms() as u64),
+        (
+            "chat_gateway_routers_unreachable",
+            shared.router.as_ref().map_or(0, |r| r.unreachable().len() as u64),
+        ),
         (
             "chat_gateway_foreign_events_total",
             stats.num_foreign_events.load(Ordering::Relaxed),

@@ -145,6 +145,18 @@ pub struct Config {
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Router gRPC URLs (`http://host:port`), comma-separated. The users are split over them by
+    /// hash of user id in this order: give every gateway and worker the same list. Without one,
+    /// presence is not tracked and the per-user session limit is not enforced.
+    #[arg(long, env = "CHAT_ROUTER_URLS", value_delimiter = ',')]
+    pub router_urls: Vec<String>,
+
+    /// How long a call to a router may take. Past it the gateway goes on without the answer:
+    /// a new session is admitted (the session limit fails open), a presence query fails with
+    /// `UNAVAILABLE`.
+    #[arg(long, env = "CHAT_ROUTER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub router_timeout: Duration,
+
     /// How long membership and conversation look-ups are cached.
     #[arg(long, env = "CHAT_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,

@@ -278,16 +278,18 @@ impl Hub {
         self.inner.hwm.fetch_max(seq, Ordering::Relaxed);
     }
 
-    /// Starts the node-level tasks: user events, and loss handling from `signals`.
+    /// Starts the node-level tasks: user events (for `node_id`), and loss handling from `signals`.
     pub async fn start(
         &self,
+        node_id: &str,
         mut signals: mpsc::Receiver<BusSignal>,
     ) -> Result<(), async_nats::SubscribeError> {
-        let mut user_events = self
-            .inner
-            .client
-            .subscribe(subjects::ALL_USERS_LIVE)
-            .await?;
+        // Events for users: through the routers' placement on the node's own subject, or to
+        // every node when the publisher could not ask a router.
+        let mut user_events = futures_util::stream::select(
+            self.inner.client.subscribe(subjects::node_users(node_id)).await?,
+            self.inner.client.subscribe(subjects::ALL_USERS_LIVE).await?,
+        );
         let hub = self.clone();
         self.inner.tracker.spawn(async move {
             loop {
@@ -679,6 +681,21 @@ impl Hub {
         self.inner
             .membership
             .invalidate(&(Arc::from(user_id), Arc::from(conversation_id)));
+    }
+
+    /// The local sockets in any of `conversation_ids`, each once, but those of `except_user`.
+    pub fn sockets_in(&self, conversation_ids: &[String], except_user: &str) -> Vec<SocketHandle> {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        let mut seen = HashSet::new();
+        let mut sockets = Vec::new();
+        for room in conversation_ids.iter().filter_map(|c| registry.rooms.get(c.as_str())) {
+            for socket in room.members.lock().expect("room lock poisoned").iter() {
+                if *socket.user_id != *except_user && seen.insert(socket.id) {
+                    sockets.push(socket.clone());
+                }
+            }
+        }
+        sockets
     }
 
     fn sockets_of(&self, user_id: &str) -> Vec<SocketHandle> {

@@ -16,6 +16,8 @@ pub mod error;
 pub mod history;
 pub mod hub;
 pub mod outbox;
+pub mod presence;
+pub mod router;
 pub mod session;
 pub mod validation;
 pub mod worker;
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use chat_proto::routing::Routers;
 use chat_proto::subjects;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -36,6 +39,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, Settings};
 use history::StreamReader;
 use hub::{BusSignal, Hub, MembershipCache};
+use router::RouterLink;
 use validation::ContentLimits;
 use worker::WorkerClient;
 
@@ -45,6 +49,9 @@ pub enum GatewayError {
     /// NATS could not be reached or refused.
     #[error("nats: {0}")]
     Nats(String),
+    /// A router URL is not valid.
+    #[error(transparent)]
+    Router(#[from] chat_proto::routing::RoutingError),
 }
 
 /// What every connection of the node shares.
@@ -58,6 +65,8 @@ pub struct Shared {
     hub: Hub,
     membership: MembershipCache,
     limits: ContentLimits,
+    /// The link to the routers, when there are any.
+    router: Option<RouterLink>,
     ws_config: WebSocketConfig,
     next_socket_id: AtomicU64,
     connections: Arc<Semaphore>,
@@ -189,9 +198,28 @@ pub async fn run(
         membership.clone(),
         root.child_token(),
     );
-    hub.start(signals)
+    hub.start(&settings.node_id, signals)
         .await
         .map_err(|e| GatewayError::Nats(e.to_string()))?;
+    let router = if config.router_urls.is_empty() {
+        tracing::warn!("no router: presence is not tracked and the session limit is not enforced");
+        None
+    } else {
+        let routers = Routers::new(&config.router_urls, config.router_timeout)?;
+        let link = RouterLink::new(routers, settings.node_id.clone(), config.router_timeout);
+        link.start();
+        Some(link)
+    };
+    let presence_changes = client
+        .subscribe(subjects::PRESENCE)
+        .await
+        .map_err(|e| GatewayError::Nats(e.to_string()))?;
+    let relay_token = root.child_token();
+    let relay = tokio::spawn(presence::relay(
+        hub.clone(),
+        presence_changes,
+        relay_token.clone(),
+    ));
 
     let gateway = Gateway {
         shared: Arc::new(Shared {
@@ -211,6 +239,7 @@ pub async fn run(
             worker,
             hub: hub.clone(),
             membership,
+            router: router.clone(),
             next_socket_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         }),
@@ -263,6 +292,11 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period");
+    }
+    relay_token.cancel();
+    let _ = relay.await;
+    if let Some(router) = &router {
+        router.stop().await;
     }
     hub.stop().await;
     admin_token.cancel();

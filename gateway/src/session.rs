@@ -42,6 +42,8 @@ use crate::error::RequestError;
 use crate::history::{self, Window};
 use crate::hub::{Eviction, SocketHandle};
 use crate::outbox::{Outbound, Outbox, PushError};
+use crate::presence;
+use crate::router::Admission;
 use crate::validation;
 
 /// How long typing lasts without a refresh.
@@ -216,13 +218,23 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     shared.hub.register(&session.socket);
     let mut pending = FuturesOrdered::new();
     match Box::pin(session.connected()).await {
-        Ok(payload) => {
-            session.emit(match request_id {
-                Some(id) => client::ack(&id, payload),
-                None => client::push("connected", payload),
-            });
-            session.serve(&mut frames, &mut pending, shutdown).await;
-        }
+        Ok(payload) => match session.admit().await {
+            Admission::Admitted => {
+                session.emit(match request_id {
+                    Some(id) => client::ack(&id, payload),
+                    None => client::push("connected", payload),
+                });
+                session.serve(&mut frames, &mut pending, shutdown).await;
+            }
+            Admission::Refused { limit } => {
+                let message = format!(
+                    "too many sessions: a user may have at most {limit} at once; close one first"
+                );
+                let error = RequestError::forbidden(message);
+                session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
+                session.close(close::OVER_LIMIT);
+            }
+        },
         Err(error) => {
             // Without its rooms the socket would miss messages: the client reconnects.
             session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
@@ -367,6 +379,21 @@ impl Session {
         }))
     }
 
+    /// Registers the session with its router (the per-user session limit); admitted without one.
+    async fn admit(&self) -> Admission {
+        let Some(router) = &self.gateway.shared.router else {
+            return Admission::Admitted;
+        };
+        let conversation_ids = self.gateway.shared.hub.rooms_of(self.socket.id);
+        let session = v1::Session {
+            user_id: self.identity.user_id.to_string(),
+            session_id: self.session_id.clone(),
+            status: v1::Status::Online.into(),
+            conversation_ids: conversation_ids.iter().map(|c| c.to_string()).collect(),
+        };
+        router.open(session, None).await
+    }
+
     /// The request loop. Sends awaiting the stream wait in `pending`, in order; while it is
     /// full, no more frames are read.
     async fn serve(
@@ -445,6 +472,9 @@ impl Session {
             self.publish_typing(&conversation_id, false).await;
         }
         self.gateway.shared.hub.unregister(&self.socket);
+        if let Some(router) = &self.gateway.shared.router {
+            router.close(&self.identity.user_id, &self.session_id);
+        }
         self.outbox.close();
     }
 
@@ -540,9 +570,19 @@ impl Session {
             "typing:stop" => self.typing(parse(data)?, false).await,
             "message:delivered" => self.receipt(parse(data)?, false).await,
             "message:read" => self.receipt(parse(data)?, true).await,
-            "resume" | "room:online" | "presence:update" | "presence:query" => Err(
-                RequestError::protocol(format!("{event} is not supported by this server yet")),
-            ),
+            "presence:update" => presence::update(
+                self.gateway.shared.router.as_ref(),
+                &self.identity.user_id,
+                &parse(data)?,
+            )
+            .map(Reply::Ack),
+            "presence:query" => presence::query(self.gateway.shared.router.as_ref(), parse(data)?)
+                .await
+                .map(Reply::Ack),
+            "room:online" => self.online(parse(data)?).await,
+            "resume" => Err(RequestError::protocol(
+                "resume is not supported by this server yet",
+            )),
             _ => Err(RequestError::protocol("unknown event")),
         }
     }
@@ -826,6 +866,23 @@ impl Session {
         Ok(Reply::Ack(
             json!({ "conversation": ConversationJson::from(&conversation) }),
         ))
+    }
+
+    async fn online(&mut self, data: ConversationRef) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        self.require_member(&data.conversation_id).await?;
+        let conversation = self
+            .gateway
+            .shared
+            .worker
+            .conversation(&data.conversation_id)
+            .await?;
+        presence::online(
+            self.gateway.shared.router.as_ref(),
+            conversation.participant_ids,
+        )
+        .await
+        .map(Reply::Ack)
     }
 
     async fn typing(

@@ -46,6 +46,17 @@ pub fn conversation_id(id: &str) -> Result<(), RequestError> {
     }
 }
 
+/// Checks a user id named in a request.
+pub fn user_id(id: &str) -> Result<(), RequestError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(RequestError::invalid(
+            "userIds must be 1 to 128 characters without control characters",
+        ))
+    }
+}
+
 /// Checks message content.
 pub fn content(content: &str, limits: &ContentLimits) -> Result<(), RequestError> {
     if chars_at_most(content, limits.max_content_chars) {
