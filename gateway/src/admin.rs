@@ -86,7 +86,10 @@ fn metrics(gateway: &Gateway) -> String {
         ("chat_gateway_rooms", shared.hub.num_rooms() as u64),
         (
             "chat_gateway_routers_unreachable",
-            shared.router.as_ref().map_or(0, |r| r.unreachable().len() as u64),
+            shared
+                .router
+                .as_ref()
+                .map_or(0, |r| r.unreachable().len() as u64),
         ),
         (
             "chat_gateway_foreign_events_total",

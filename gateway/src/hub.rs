@@ -287,8 +287,14 @@ impl Hub {
         // Events for users: through the routers' placement on the node's own subject, or to
         // every node when the publisher could not ask a router.
         let mut user_events = futures_util::stream::select(
-            self.inner.client.subscribe(subjects::node_users(node_id)).await?,
-            self.inner.client.subscribe(subjects::ALL_USERS_LIVE).await?,
+            self.inner
+                .client
+                .subscribe(subjects::node_users(node_id))
+                .await?,
+            self.inner
+                .client
+                .subscribe(subjects::ALL_USERS_LIVE)
+                .await?,
         );
         let hub = self.clone();
         self.inner.tracker.spawn(async move {
@@ -688,7 +694,10 @@ impl Hub {
         let registry = self.inner.registry.lock().expect("registry lock poisoned");
         let mut seen = HashSet::new();
         let mut sockets = Vec::new();
-        for room in conversation_ids.iter().filter_map(|c| registry.rooms.get(c.as_str())) {
+        for room in conversation_ids
+            .iter()
+            .filter_map(|c| registry.rooms.get(c.as_str()))
+        {
             for socket in room.members.lock().expect("room lock poisoned").iter() {
                 if *socket.user_id != *except_user && seen.insert(socket.id) {
                     sockets.push(socket.clone());

@@ -308,10 +308,15 @@ impl RouterLink {
                 Some(Ok(v1::RouterUpdate {
                     kind: Some(router_update::Kind::Welcome(welcome)),
                 })) => {
-                    let every = Duration::from_millis(welcome.lease_ms / 3).max(Duration::from_millis(10));
+                    let every =
+                        Duration::from_millis(welcome.lease_ms / 3).max(Duration::from_millis(10));
                     heartbeat = Some(tokio::time::interval(every));
                     self.inner.up[index].store(true, Ordering::Relaxed);
-                    tracing::info!(router = index, lease_ms = welcome.lease_ms, "attached to the router");
+                    tracing::info!(
+                        router = index,
+                        lease_ms = welcome.lease_ms,
+                        "attached to the router"
+                    );
                 }
                 Some(Ok(v1::RouterUpdate {
                     kind: Some(router_update::Kind::Admission(admission)),

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Cli;
 
+pub mod client;
+
 /// The HS256 secret of test gateways.
 pub const SECRET: &str = "test-secret";
 /// How long a test waits for anything.

@@ -1,0 +1,417 @@
+//! The router with everything real: a `chat-router` process, `nats-server`, the worker, gateways
+//! (in this process, or as `chat-gateway` processes where one is killed) and WebSocket clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_gateway::testing::client::{Client, create_room, get, upgrade_request};
+use chat_gateway::testing::{self, Gateway, Running, SECRET, WAIT};
+use chat_proto::testing::NatsServer;
+use serde_json::{Value, json};
+
+/// The routers' lease in these tests: a dead node's users go offline within it.
+const LEASE: Duration = Duration::from_secs(2);
+/// A wait long enough for a presence change that should not come.
+const QUIET: Duration = Duration::from_millis(1_500);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A process killed when dropped.
+struct Process(Child);
+
+impl Process {
+    /// SIGKILL, then reaped.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `chat-router` process on a fixed port (a restarted one takes the same).
+struct Router {
+    addr: SocketAddr,
+    nats_url: String,
+    limit: u32,
+    process: Option<Process>,
+    started: Instant,
+}
+
+impl Router {
+    async fn start(nats_url: &str, limit: u32) -> Self {
+        let mut router = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            nats_url: nats_url.to_owned(),
+            limit,
+            process: None,
+            started: Instant::now(),
+        };
+        router.restart().await;
+        router
+    }
+
+    async fn restart(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-router"))
+            .args([
+                "--listen",
+                &self.addr.to_string(),
+                "--nats-url",
+                &self.nats_url,
+            ])
+            .args(["--lease", &format!("{}ms", LEASE.as_millis())])
+            .args(["--presence-window", "100ms"])
+            .args(["--max-sessions-per-user", &self.limit.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chat-router starts");
+        self.process = Some(Process(child));
+        self.started = Instant::now();
+        wait_listening(self.addr).await;
+    }
+
+    /// Waits out the grace after the start (a lease), during which presence changes are held
+    /// while the gateways re-register.
+    async fn grace(&self) {
+        tokio::time::sleep(
+            (self.started + LEASE + Duration::from_millis(300))
+                .saturating_duration_since(Instant::now()),
+        )
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// NATS, the worker, a router and in-process gateways attached to it.
+struct Setup {
+    nats: NatsServer,
+    _dir: tempfile::TempDir,
+    _worker: Running,
+    router: Router,
+    gateways: Vec<Gateway>,
+}
+
+impl Setup {
+    async fn start(gateways: usize, limit: u32) -> Self {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let worker = testing::start_worker(&nats.url(), testing::db_path(&dir)).await;
+        let router = Router::start(&nats.url(), limit).await;
+        let mut setup = Self {
+            nats,
+            _dir: dir,
+            _worker: worker,
+            router,
+            gateways: Vec::new(),
+        };
+        for _ in 0..gateways {
+            let gateway =
+                testing::start_gateway(&setup.nats.url(), &["--router-urls", &setup.router.url()])
+                    .await;
+            setup.gateways.push(gateway);
+        }
+        for gateway in &setup.gateways {
+            wait_attached(gateway.admin).await;
+        }
+        setup.router.grace().await;
+        setup
+    }
+
+    async fn client(&self, gateway: usize, user: &str) -> Client {
+        Client::connect(&self.gateways[gateway].url(), user).await
+    }
+}
+
+async fn wait_attached(admin: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while !get(admin, "/healthz").await.contains("router: attached") {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not attach to the router"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `userId` of a presence push.
+fn user_of(push: &Value) -> &str {
+    push["userId"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_user_on_two_nodes_is_online_once_and_offline_once() {
+    let setup = Setup::start(2, 5).await;
+    let mut bob = setup.client(0, "bob").await;
+    // Two shared conversations: still one event each way.
+    create_room(&mut bob, &["alice"]).await;
+    create_room(&mut bob, &["alice"]).await;
+
+    let phone = setup.client(1, "alice").await;
+    assert_eq!(user_of(&bob.expect("user:online").await), "alice");
+    let laptop = setup.client(0, "alice").await;
+    bob.expect_none("user:online", QUIET).await;
+
+    drop(phone);
+    bob.expect_none("user:offline", QUIET).await;
+    drop(laptop);
+    let offline = bob.expect("user:offline").await;
+    assert_eq!(user_of(&offline), "alice");
+    assert!(offline["timestamp"].is_string());
+    bob.expect_none("user:offline", QUIET).await;
+}
+
+#[tokio::test]
+async fn invisible_users_are_reported_offline() {
+    let setup = Setup::start(2, 5).await;
+    let mut bob = setup.client(0, "bob").await;
+    let room = create_room(&mut bob, &["alice"]).await;
+    let mut alice = setup.client(1, "alice").await;
+    bob.expect("user:online").await;
+
+    alice
+        .ok("presence:update", json!({ "status": "away" }))
+        .await;
+    let changed = bob.expect("presence:changed").await;
+    assert_eq!(
+        (user_of(&changed), changed["status"].as_str()),
+        ("alice", Some("away"))
+    );
+
+    alice
+        .ok("presence:update", json!({ "status": "invisible" }))
+        .await;
+    assert_eq!(user_of(&bob.expect("user:offline").await), "alice");
+    let statuses = bob
+        .ok(
+            "presence:query",
+            json!({ "userIds": ["alice", "bob", "nobody"] }),
+        )
+        .await;
+    assert_eq!(
+        statuses["statuses"],
+        json!({ "alice": "offline", "bob": "online", "nobody": "offline" })
+    );
+    let online = bob
+        .ok("room:online", json!({ "conversationId": room }))
+        .await;
+    assert_eq!(online["userIds"], json!(["bob"]));
+    // Alice herself is still connected and served.
+    alice
+        .ok(
+            "message:send",
+            json!({ "conversationId": room, "content": "psst" }),
+        )
+        .await;
+
+    alice
+        .ok("presence:update", json!({ "status": "online" }))
+        .await;
+    assert_eq!(user_of(&bob.expect("user:online").await), "alice");
+    let online = bob
+        .ok("room:online", json!({ "conversationId": room }))
+        .await;
+    assert_eq!(online["userIds"], json!(["alice", "bob"]));
+    assert_eq!(
+        alice
+            .fails("presence:update", json!({ "status": "asleep" }))
+            .await,
+        "VALIDATION_ERROR"
+    );
+}
+
+/// Connects `user` and reads the first frame (`connected`, or the error of a refusal).
+async fn first_frame(url: &str, user: &str) -> (Client, Value) {
+    let request = upgrade_request(url, user);
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut client = Client::from_ws(ws);
+    let first = client.next_frame(WAIT).await.expect("an answer");
+    (client, first)
+}
+
+#[tokio::test]
+async fn the_session_limit_holds_across_nodes() {
+    let setup = Setup::start(2, 3).await;
+    let _a = setup.client(0, "carol").await;
+    let b = setup.client(1, "carol").await;
+    let _c = setup.client(0, "carol").await;
+
+    let (mut refused, error) = first_frame(&setup.gateways[1].url(), "carol").await;
+    assert_eq!(error["event"], "error", "{error}");
+    assert_eq!(error["data"]["code"], "FORBIDDEN");
+    assert!(
+        error["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3")
+    );
+    assert_eq!(refused.expect_close().await, Some(4429));
+    // Other users are not affected.
+    setup.client(1, "dave").await;
+
+    drop(b);
+    // The close reaches the router shortly after the socket ends; then a new one fits.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_client, first) = first_frame(&setup.gateways[1].url(), "carol").await;
+        if first["event"] == "connected" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed session still counts: {first}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The path of `chat-gateway`, built next to `chat-router`.
+fn gateway_binary() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_chat-router")).with_file_name("chat-gateway");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "chat-gateway", "--bin", "chat-gateway"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "chat-gateway builds");
+    }
+    path
+}
+
+#[tokio::test]
+async fn a_killed_gateway_makes_its_users_offline_within_the_lease() {
+    let setup = Setup::start(1, 5).await;
+    let (ws, admin) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let mut doomed = Process(
+        Command::new(gateway_binary())
+            .args([
+                "--listen",
+                &ws.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(["--nats-url", &setup.nats.url(), "--jwt-secret", SECRET])
+            .args(["--router-urls", &setup.router.url(), "--node-id", "doomed"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chat-gateway starts"),
+    );
+    wait_listening(ws).await;
+    wait_attached(admin).await;
+
+    let mut bob = setup.client(0, "bob").await;
+    create_room(&mut bob, &["alice"]).await;
+    let _alice = Client::connect(&format!("ws://{ws}/ws"), "alice").await;
+    bob.expect("user:online").await;
+
+    doomed.kill();
+    let killed = Instant::now();
+    let offline = bob
+        .expect_within("user:offline", LEASE * 3)
+        .await
+        .expect("alice goes offline after her node dies");
+    let took = killed.elapsed();
+    println!("offline {took:?} after SIGKILL (lease {LEASE:?})");
+    assert_eq!(user_of(&offline), "alice");
+    assert!(
+        took >= LEASE / 2,
+        "offline before the lease could lapse: {took:?}"
+    );
+    let statuses = bob
+        .ok("presence:query", json!({ "userIds": ["alice"] }))
+        .await;
+    assert_eq!(statuses["statuses"]["alice"], "offline");
+}
+
+#[tokio::test]
+async fn a_router_restart_loses_no_session_and_sends_no_false_offline() {
+    let mut setup = Setup::start(2, 5).await;
+    let mut bob = setup.client(0, "bob").await;
+    let room = create_room(&mut bob, &["alice"]).await;
+    let mut alice = setup.client(1, "alice").await;
+    bob.expect("user:online").await;
+
+    setup.router.kill();
+    // Chat goes on without the router; health says it is missing.
+    let deadline = Instant::now() + WAIT;
+    while !get(setup.gateways[0].admin, "/healthz")
+        .await
+        .contains("unreachable")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "health does not report the router's absence"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice
+        .ok(
+            "message:send",
+            json!({ "conversationId": room, "content": "still here" }),
+        )
+        .await;
+    assert_eq!(
+        bob.expect("message:new").await["message"]["content"],
+        "still here"
+    );
+    assert_eq!(
+        alice
+            .fails("presence:query", json!({ "userIds": ["bob"] }))
+            .await,
+        "UNAVAILABLE"
+    );
+    // A session opened meanwhile is admitted (the limit fails open) and registered later.
+    let mut erin = setup.client(0, "erin").await;
+
+    setup.router.restart().await;
+    for gateway in &setup.gateways {
+        wait_attached(gateway.admin).await;
+    }
+    bob.expect_none("user:offline", LEASE + QUIET).await;
+    let statuses = erin
+        .ok(
+            "presence:query",
+            json!({ "userIds": ["alice", "bob", "erin"] }),
+        )
+        .await;
+    assert_eq!(
+        statuses["statuses"],
+        json!({ "alice": "online", "bob": "online", "erin": "online" })
+    );
+
+    // After the grace, presence changes flow again.
+    drop(alice);
+    assert_eq!(user_of(&bob.expect("user:offline").await), "alice");
+}
