@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::RequestError;
 use crate::history::StreamReader;
+use crate::router::RouterLink;
 use crate::worker::WorkerClient;
 
 /// How far below the node's highest known sequence a fill reaches for quiet rooms: events in
@@ -210,6 +211,8 @@ pub type MembershipCache = Cache<(Arc<str>, Arc<str>), bool>;
 
 struct Inner {
     client: async_nats::Client,
+    /// Told of the local users' membership changes (their presence audience).
+    router: Option<RouterLink>,
     reader: StreamReader,
     worker: WorkerClient,
     membership: MembershipCache,
@@ -249,11 +252,13 @@ impl Hub {
         reader: StreamReader,
         worker: WorkerClient,
         membership: MembershipCache,
+        router: Option<RouterLink>,
         token: CancellationToken,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 client,
+                router,
                 reader,
                 worker,
                 membership,
@@ -775,9 +780,15 @@ impl Hub {
                     "conversation:joined"
                 };
                 self.user_joined(&event.user_id, &conversation, name).await;
+                if let Some(router) = &self.inner.router {
+                    router.membership_changed(&event.user_id, &conversation.id, true);
+                }
             }
             Some(user_event::Kind::Removed(removed)) => {
                 self.user_removed(&event.user_id, &removed.conversation_id);
+                if let Some(router) = &self.inner.router {
+                    router.membership_changed(&event.user_id, &removed.conversation_id, false);
+                }
             }
             None => {}
         }

@@ -190,26 +190,32 @@ pub async fn run(
         .max_capacity(100_000)
         .time_to_live(config.cache_ttl)
         .build();
+    let router = if config.router_urls.is_empty() {
+        tracing::warn!("no router: presence is not tracked and the session limit is not enforced");
+        None
+    } else {
+        let routers = Routers::new(&config.router_urls, config.router_timeout)?;
+        Some(RouterLink::new(
+            routers,
+            settings.node_id.clone(),
+            config.router_timeout,
+        ))
+    };
     let root = CancellationToken::new();
     let hub = Hub::new(
         client.clone(),
         reader.clone(),
         worker.clone(),
         membership.clone(),
+        router.clone(),
         root.child_token(),
     );
     hub.start(&settings.node_id, signals)
         .await
         .map_err(|e| GatewayError::Nats(e.to_string()))?;
-    let router = if config.router_urls.is_empty() {
-        tracing::warn!("no router: presence is not tracked and the session limit is not enforced");
-        None
-    } else {
-        let routers = Routers::new(&config.router_urls, config.router_timeout)?;
-        let link = RouterLink::new(routers, settings.node_id.clone(), config.router_timeout);
-        link.start();
-        Some(link)
-    };
+    if let Some(router) = &router {
+        router.start();
+    }
     let presence_changes = client
         .subscribe(subjects::PRESENCE)
         .await

@@ -195,6 +195,53 @@ impl RouterLink {
         }
     }
 
+    /// A session found its user's conversations (who hears of the user's presence).
+    pub fn conversations(&self, user_id: &str, session_id: &str, conversation_ids: Vec<String>) {
+        if let Some(session) = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions lock poisoned")
+            .get_mut(session_id)
+        {
+            session.conversation_ids.clone_from(&conversation_ids);
+        }
+        self.send(
+            user_id,
+            node_update::Kind::Conversations(v1::Conversations {
+                user_id: user_id.to_owned(),
+                session_id: session_id.to_owned(),
+                conversation_ids,
+            }),
+        );
+    }
+
+    /// A user joined or left a conversation: their sessions' audience follows.
+    pub fn membership_changed(&self, user_id: &str, conversation_id: &str, joined: bool) {
+        let found = {
+            let mut sessions = self.inner.sessions.lock().expect("sessions lock poisoned");
+            let mut found = None;
+            for session in sessions.values_mut().filter(|s| s.user_id == user_id) {
+                session.conversation_ids.retain(|c| c != conversation_id);
+                if joined {
+                    session.conversation_ids.push(conversation_id.to_owned());
+                }
+                found = Some((session.session_id.clone(), session.conversation_ids.clone()));
+            }
+            found
+        };
+        if let Some((session_id, conversation_ids)) = found {
+            self.send(
+                user_id,
+                node_update::Kind::Conversations(v1::Conversations {
+                    user_id: user_id.to_owned(),
+                    session_id,
+                    conversation_ids,
+                }),
+            );
+        }
+    }
+
     /// A user set their status (it applies to all their sessions).
     pub fn set_status(&self, user_id: &str, status: v1::Status) {
         for session in self
@@ -207,15 +254,21 @@ impl RouterLink {
         {
             session.status = status.into();
         }
-        let index = self.inner.routers.owner(user_id);
-        let update = v1::NodeUpdate {
-            kind: Some(node_update::Kind::Status(v1::StatusChanged {
+        self.send(
+            user_id,
+            node_update::Kind::Status(v1::StatusChanged {
                 user_id: user_id.to_owned(),
                 status: status.into(),
-            })),
-        };
+            }),
+        );
+    }
+
+    /// Sends an update about `user_id` to its router, if attached (otherwise the next `Hello`
+    /// carries the node's sessions as they are then).
+    fn send(&self, user_id: &str, kind: node_update::Kind) {
+        let index = self.inner.routers.owner(user_id);
         if let Some(updates) = &self.link(index).updates {
-            let _ = updates.try_send(update);
+            let _ = updates.try_send(v1::NodeUpdate { kind: Some(kind) });
         }
     }
 

@@ -217,24 +217,26 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     };
     shared.hub.register(&session.socket);
     let mut pending = FuturesOrdered::new();
+    // Registered with the router before the rooms are fetched: an event addressed to the user
+    // from now on finds this node through the router, and one before is in the rooms.
+    if let Admission::Refused { limit } = session.admit().await {
+        let message =
+            format!("too many sessions: a user may have at most {limit} at once; close one first");
+        let error = RequestError::forbidden(message);
+        session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
+        session.close(close::OVER_LIMIT);
+        Box::pin(session.finish(pending)).await;
+        end_writer(&mut writer).await;
+        return;
+    }
     match Box::pin(session.connected()).await {
-        Ok(payload) => match session.admit().await {
-            Admission::Admitted => {
-                session.emit(match request_id {
-                    Some(id) => client::ack(&id, payload),
-                    None => client::push("connected", payload),
-                });
-                session.serve(&mut frames, &mut pending, shutdown).await;
-            }
-            Admission::Refused { limit } => {
-                let message = format!(
-                    "too many sessions: a user may have at most {limit} at once; close one first"
-                );
-                let error = RequestError::forbidden(message);
-                session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
-                session.close(close::OVER_LIMIT);
-            }
-        },
+        Ok(payload) => {
+            session.emit(match request_id {
+                Some(id) => client::ack(&id, payload),
+                None => client::push("connected", payload),
+            });
+            session.serve(&mut frames, &mut pending, shutdown).await;
+        }
         Err(error) => {
             // Without its rooms the socket would miss messages: the client reconnects.
             session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
@@ -370,6 +372,10 @@ impl Session {
         for joined in futures_util::future::join_all(joins).await {
             joined?;
         }
+        if let Some(router) = &shared.router {
+            let ids = rooms.iter().map(|c| c.id.clone()).collect();
+            router.conversations(&self.identity.user_id, &self.session_id, ids);
+        }
         let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
         Ok(json!({
             "userId": &*self.identity.user_id,
@@ -384,12 +390,11 @@ impl Session {
         let Some(router) = &self.gateway.shared.router else {
             return Admission::Admitted;
         };
-        let conversation_ids = self.gateway.shared.hub.rooms_of(self.socket.id);
         let session = v1::Session {
             user_id: self.identity.user_id.to_string(),
             session_id: self.session_id.clone(),
             status: v1::Status::Online.into(),
-            conversation_ids: conversation_ids.iter().map(|c| c.to_string()).collect(),
+            conversation_ids: Vec::new(),
         };
         router.open(session, None).await
     }

@@ -25,8 +25,8 @@ struct User {
     /// Usually one or two.
     sessions: Vec<SessionEntry>,
     status: Status,
-    /// Who hears of this user's presence.
-    conversations: Arc<[String]>,
+    /// Who hears of this user's presence; unknown until a node says (their coming online waits).
+    conversations: Option<Arc<[String]>>,
 }
 
 impl User {
@@ -105,7 +105,7 @@ impl Placement {
             },
         );
         for session in sessions {
-            self.add(&node, session);
+            self.add(&node, session, true);
         }
         for session in departed {
             let user_id: Arc<str> = session.user_id.as_str().into();
@@ -161,7 +161,7 @@ impl Placement {
                 sessions,
             };
         }
-        self.add(&node, session);
+        self.add(&node, session, false);
         Admission {
             admitted: true,
             sessions: sessions + 1,
@@ -188,6 +188,13 @@ impl Placement {
         }
         if let Some(node) = self.nodes.get_mut(&session.node) {
             node.sessions.remove(&(user_id, session.id));
+        }
+    }
+
+    /// A user's conversations, as one of their sessions found them.
+    pub fn set_conversations(&mut self, user_id: &str, conversation_ids: Vec<String>) {
+        if let Some(user) = self.users.get_mut(user_id) {
+            user.conversations = Some(conversation_ids.into());
         }
     }
 
@@ -247,29 +254,35 @@ impl Placement {
         (nodes, self.users.len())
     }
 
-    /// The real changes of visible status since the last call, oldest state first.
+    /// The real changes of visible status since the last call. A user whose conversations are
+    /// not known yet (who would hear of them?) stays noted for a later call.
     pub fn take_changes(&mut self) -> Vec<(Arc<str>, Change)> {
         let changed = std::mem::take(&mut self.changed);
-        changed
-            .into_iter()
-            .filter_map(|(user_id, before)| {
-                let now = self.visible(&user_id);
-                (now != before.visible).then(|| {
-                    let conversations = self
-                        .users
-                        .get(&user_id)
-                        .map_or(before.conversations, |u| Arc::clone(&u.conversations));
-                    (
-                        user_id,
-                        Change {
-                            previous: before.visible,
-                            current: now,
-                            conversations,
-                        },
-                    )
-                })
-            })
-            .collect()
+        let mut changes = Vec::with_capacity(changed.len());
+        for (user_id, before) in changed {
+            let now = self.visible(&user_id);
+            if now == before.visible {
+                continue;
+            }
+            let conversations = match self.users.get(&user_id) {
+                None => before.conversations,
+                Some(User {
+                    conversations: Some(conversations),
+                    ..
+                }) => Arc::clone(conversations),
+                Some(_) => {
+                    self.changed.insert(user_id, before);
+                    continue;
+                }
+            };
+            let change = Change {
+                previous: before.visible,
+                current: now,
+                conversations,
+            };
+            changes.push((user_id, change));
+        }
+        changes
     }
 
     /// Ends the grace after a restart, while the nodes re-registered: users with sessions did not
@@ -285,7 +298,8 @@ impl Placement {
         }
     }
 
-    fn add(&mut self, node: &Arc<str>, session: v1::Session) {
+    /// Adds a session; its conversations count when `known`.
+    fn add(&mut self, node: &Arc<str>, session: v1::Session, known: bool) {
         let user_id: Arc<str> = session.user_id.as_str().into();
         let session_id: Arc<str> = session.session_id.as_str().into();
         self.note(&user_id);
@@ -300,14 +314,16 @@ impl Placement {
                 } else {
                     status
                 },
-                conversations: Arc::from(Vec::new()),
+                conversations: None,
             });
         user.sessions.retain(|s| s.id != session_id);
         user.sessions.push(SessionEntry {
             id: Arc::clone(&session_id),
             node: Arc::clone(node),
         });
-        user.conversations = session.conversation_ids.into();
+        if known {
+            user.conversations = Some(session.conversation_ids.into());
+        }
         if let Some(node) = self.nodes.get_mut(node) {
             node.sessions.insert((user_id, session_id));
         }
@@ -335,7 +351,14 @@ impl Placement {
         }
         let (visible, conversations) = self.users.get(user_id).map_or_else(
             || (Status::Offline, Arc::from(Vec::new())),
-            |u| (u.visible(), Arc::clone(&u.conversations)),
+            |u| {
+                (
+                    u.visible(),
+                    u.conversations
+                        .clone()
+                        .unwrap_or_else(|| Arc::from(Vec::new())),
+                )
+            },
         );
         self.changed.insert(
             Arc::clone(user_id),

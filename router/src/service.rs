@@ -196,6 +196,13 @@ impl Router {
                         placement.close(&closed.user_id, &closed.session_id);
                         None
                     }
+                    Some(node_update::Kind::Conversations(conversations)) => {
+                        placement.set_conversations(
+                            &conversations.user_id,
+                            conversations.conversation_ids,
+                        );
+                        None
+                    }
                     Some(node_update::Kind::Status(change)) => {
                         let status =
                             v1::Status::try_from(change.status).unwrap_or(v1::Status::Online);

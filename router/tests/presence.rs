@@ -415,3 +415,16 @@ async fn a_router_restart_loses_no_session_and_sends_no_false_offline() {
     drop(alice);
     assert_eq!(user_of(&bob.expect("user:offline").await), "alice");
 }
+
+#[tokio::test]
+async fn presence_follows_conversations_joined_while_connected() {
+    let setup = Setup::start(2, 5).await;
+    let mut alice = setup.client(1, "alice").await;
+    let mut bob = setup.client(0, "bob").await;
+    alice.expect_none("user:online", QUIET).await;
+    create_room(&mut bob, &["alice"]).await;
+    alice.expect("conversation:new").await;
+    // Bob's audience now includes Alice, although he connected before the room existed.
+    drop(bob);
+    assert_eq!(user_of(&alice.expect("user:offline").await), "bob");
+}
