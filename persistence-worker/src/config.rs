@@ -46,6 +46,16 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
 
+    /// Router gRPC URLs (`http://host:port`), comma-separated, in the gateways' order. Events
+    /// addressed to one user (membership changes) then go only to the nodes that hold the user's
+    /// sessions; without one, or while no router answers, they go to every node.
+    #[arg(long, env = "CHAT_ROUTER_URLS", value_delimiter = ',')]
+    pub router_urls: Vec<String>,
+
+    /// How long a placement look-up may take before the event goes to every node instead.
+    #[arg(long, env = "CHAT_ROUTER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub router_timeout: Duration,
+
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,

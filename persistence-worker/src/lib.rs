@@ -15,6 +15,7 @@ pub mod stream;
 use std::future::Future;
 
 use async_nats::jetstream;
+use chat_proto::routing::Routers;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -29,6 +30,9 @@ pub enum WorkerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A router URL is not valid.
+    #[error(transparent)]
+    Router(#[from] chat_proto::routing::RoutingError),
     /// A task of the worker panicked.
     #[error("worker task failed: {0}")]
     Task(String),
@@ -69,6 +73,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
     consumer::check_stream_position(&mut stream, &store).await?;
 
+    let routers = if config.router_urls.is_empty() {
+        None
+    } else {
+        Some(Routers::new(&config.router_urls, config.router_timeout)?)
+    };
     let token = CancellationToken::new();
     let batching = consumer::Batching {
         size: usize::from(config.batch_size),
@@ -81,7 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         token.child_token(),
     ));
     let serving = tokio::spawn(
-        rpc::Handlers::new(client.clone(), store)
+        rpc::Handlers::new(client.clone(), routers, store)
             .serve(config.max_concurrent_requests, token.child_token()),
     );
     tracing::info!(db = %config.db_path.display(), "worker ready");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use bytes::Bytes;
 use chat_proto::client::{MAX_PARTICIPANTS, SYNC_LIMIT};
+use chat_proto::routing::Routers;
 use chat_proto::v1::{self, conversation_event::Kind, rpc_error::Code};
 use chat_proto::{bus, subjects, timestamp};
 use futures_util::StreamExt;
@@ -60,18 +61,22 @@ fn to_rpc_error(failure: &Failure) -> v1::RpcError {
 /// Answers requests with a store.
 pub struct Handlers<S> {
     client: async_nats::Client,
+    /// Where users' sessions are, for events addressed to one user.
+    routers: Option<Routers>,
     js: jetstream::Context,
     store: S,
     max_reply_bytes: usize,
 }
 
 impl<S: Store> Handlers<S> {
-    /// Handlers that answer from `store` and publish membership changes through `client`.
-    pub fn new(client: async_nats::Client, store: S) -> Self {
+    /// Handlers that answer from `store` and publish membership changes through `client`, to
+    /// the nodes `routers` place the user on when there are routers.
+    pub fn new(client: async_nats::Client, routers: Option<Routers>, store: S) -> Self {
         let max_payload = client.server_info().max_payload;
         Self {
             js: jetstream::new(client.clone()),
             client,
+            routers,
             store,
             max_reply_bytes: max_payload.saturating_sub(REPLY_MARGIN).max(REPLY_MARGIN),
         }
@@ -244,7 +249,17 @@ impl<S: Store> Handlers<S> {
             user_id: user_id.to_owned(),
             kind: Some(kind),
         };
-        Ok(bus::publish_user(&self.client, &event).await?)
+        let nodes = match &self.routers {
+            None => None,
+            Some(routers) => match routers.user_nodes(user_id).await {
+                Ok(nodes) => nodes,
+                Err(error) => {
+                    tracing::warn!(%error, "no placement; the event goes to every node");
+                    None
+                }
+            },
+        };
+        Ok(bus::publish_user(&self.client, &event, nodes.as_deref()).await?)
     }
 
     async fn load(&self, conversation_id: &str) -> Result<v1::Conversation, Failure> {

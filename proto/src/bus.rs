@@ -79,15 +79,32 @@ pub async fn publish_live(
         .map_err(|e| BusError::Live(e.to_string()))
 }
 
-/// Publishes an event addressed to one user.
-pub async fn publish_user(client: &async_nats::Client, event: &UserEvent) -> Result<(), BusError> {
-    client
-        .publish(
-            subjects::user_live(&event.user_id),
-            Bytes::from(event.encode_to_vec()),
-        )
-        .await
-        .map_err(|e| BusError::Live(e.to_string()))
+/// Publishes an event addressed to one user: to the nodes that hold the user's sessions when the
+/// routers' placement says which (`Some`, possibly none), else to every node.
+pub async fn publish_user(
+    client: &async_nats::Client,
+    event: &UserEvent,
+    nodes: Option<&[String]>,
+) -> Result<(), BusError> {
+    let payload = Bytes::from(event.encode_to_vec());
+    let publish = |subject: String| {
+        let payload = payload.clone();
+        async move {
+            client
+                .publish(subject, payload)
+                .await
+                .map_err(|e| BusError::Live(e.to_string()))
+        }
+    };
+    match nodes {
+        Some(nodes) => {
+            for node in nodes {
+                publish(subjects::node_users(node)).await?;
+            }
+            Ok(())
+        }
+        None => publish(subjects::user_live(&event.user_id)).await,
+    }
 }
 
 /// Durable then live, for a publisher that has nothing else to do meanwhile. Returns the stored

@@ -77,8 +77,9 @@ impl Routers {
         self.clients[index].clone()
     }
 
-    /// The nodes where `user_id` has sessions (each once).
-    pub async fn user_nodes(&self, user_id: &str) -> Result<Vec<String>, RoutingError> {
+    /// The nodes where `user_id` has sessions (each once); `None` when the owner router may not
+    /// know all of them yet (it just started).
+    pub async fn user_nodes(&self, user_id: &str) -> Result<Option<Vec<String>>, RoutingError> {
         let reply = self
             .client(self.owner(user_id))
             .user_sessions(v1::UserSessionsRequest {
@@ -86,10 +87,13 @@ impl Routers {
             })
             .await?
             .into_inner();
+        if !reply.complete {
+            return Ok(None);
+        }
         let mut nodes: Vec<String> = reply.sessions.into_iter().map(|s| s.node_id).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        Ok(nodes)
+        Ok(Some(nodes))
     }
 
     /// What others see of each of `user_ids`.

@@ -82,12 +82,16 @@ pub async fn run(
         .connect(&config.nats_url)
         .await
         .map_err(|e| RouterError::Nats(e.to_string()))?;
-    let router = Router::new(config.lease, config.max_sessions_per_user as usize);
+    // The grace after the start is a lease: every live node re-registers within it.
+    let router = Router::new(
+        config.lease,
+        config.lease,
+        config.max_sessions_per_user as usize,
+    );
     let token = CancellationToken::new();
     let publisher = tokio::spawn(router.clone().publish_changes(
         client.clone(),
         config.presence_window,
-        config.lease,
         token.clone(),
     ));
     tracing::info!(

@@ -31,17 +31,20 @@ pub struct Router {
 struct Inner {
     placement: Mutex<Placement>,
     lease: Duration,
+    /// Until then, nodes may still be re-registering after the router's start.
+    grace_ends: Instant,
     max_sessions_per_user: usize,
     next_generation: AtomicU64,
 }
 
 impl Router {
-    /// A router with an empty placement.
-    pub fn new(lease: Duration, max_sessions_per_user: usize) -> Self {
+    /// A router with an empty placement, in its grace (nodes re-register) for `grace`.
+    pub fn new(lease: Duration, grace: Duration, max_sessions_per_user: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 placement: Mutex::new(Placement::new(max_sessions_per_user)),
                 lease,
+                grace_ends: Instant::now() + grace,
                 max_sessions_per_user,
                 next_generation: AtomicU64::new(1),
             }),
@@ -56,17 +59,16 @@ impl Router {
     }
 
     /// Until `token` is cancelled: every `window`, drops the nodes whose lease lapsed and publishes
-    /// the presence changes on `client`; none during `grace` after the start, while the nodes
+    /// the presence changes on `client`; none during the grace after the start, while the nodes
     /// re-register (their users did not change, the router had not heard of them yet).
     pub async fn publish_changes(
         self,
         client: async_nats::Client,
         window: Duration,
-        grace: Duration,
         token: CancellationToken,
     ) {
-        let grace_ends = Instant::now() + grace;
-        let mut in_grace = !grace.is_zero();
+        let grace_ends = self.inner.grace_ends;
+        let mut in_grace = Instant::now() < grace_ends;
         let mut tick = tokio::time::interval(window);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -249,7 +251,8 @@ impl v1::router_server::Router for Router {
         request: Request<v1::UserSessionsRequest>,
     ) -> Result<Response<v1::UserSessionsReply>, Status> {
         let sessions = self.placement().sessions_of(&request.get_ref().user_id);
-        Ok(Response::new(v1::UserSessionsReply { sessions }))
+        let complete = Instant::now() >= self.inner.grace_ends;
+        Ok(Response::new(v1::UserSessionsReply { sessions, complete }))
     }
 
     async fn presence(

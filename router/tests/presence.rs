@@ -124,8 +124,11 @@ impl Setup {
     async fn start(gateways: usize, limit: u32) -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let worker = testing::start_worker(&nats.url(), testing::db_path(&dir)).await;
         let router = Router::start(&nats.url(), limit).await;
+        let router_url = router.url();
+        let worker_flags = ["--router-urls", router_url.as_str()];
+        let worker =
+            testing::start_worker(&nats.url(), testing::db_path(&dir), &worker_flags).await;
         let mut setup = Self {
             nats,
             _dir: dir,
@@ -133,10 +136,10 @@ impl Setup {
             router,
             gateways: Vec::new(),
         };
-        for _ in 0..gateways {
-            let gateway =
-                testing::start_gateway(&setup.nats.url(), &["--router-urls", &setup.router.url()])
-                    .await;
+        for i in 0..gateways {
+            let node_id = format!("gw-{i}");
+            let flags = ["--router-urls", router_url.as_str(), "--node-id", &node_id];
+            let gateway = testing::start_gateway(&setup.nats.url(), &flags).await;
             setup.gateways.push(gateway);
         }
         for gateway in &setup.gateways {
@@ -427,4 +430,35 @@ async fn presence_follows_conversations_joined_while_connected() {
     // Bob's audience now includes Alice, although he connected before the room existed.
     drop(bob);
     assert_eq!(user_of(&alice.expect("user:offline").await), "bob");
+}
+
+#[tokio::test]
+async fn events_for_one_user_go_only_to_the_nodes_that_hold_them() {
+    use futures_util::StreamExt as _;
+    let setup = Setup::start(2, 5).await;
+    let nats = async_nats::connect(setup.nats.url()).await.unwrap();
+    let mut to_nodes = nats.subscribe("chat.node.*.users").await.unwrap();
+    let mut to_all = nats
+        .subscribe(chat_proto::subjects::ALL_USERS_LIVE)
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let mut alice = setup.client(1, "alice").await;
+    let mut bob = setup.client(1, "bob").await;
+
+    create_room(&mut bob, &["alice"]).await;
+    alice.expect("conversation:new").await;
+    // One event for each member, both on gw-1; none to every node.
+    for _ in 0..2 {
+        let message = tokio::time::timeout(WAIT, to_nodes.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            message.subject.as_str(),
+            chat_proto::subjects::node_users("gw-1")
+        );
+    }
+    let broadcast = tokio::time::timeout(QUIET, to_all.next()).await;
+    assert!(broadcast.is_err(), "an event went to every node");
 }

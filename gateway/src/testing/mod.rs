@@ -76,15 +76,16 @@ pub fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("chat.db")
 }
 
-pub async fn start_worker(nats_url: &str, db: PathBuf) -> Running {
-    let config = chat_persistence_worker::Config::try_parse_from([
+pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Running {
+    let mut args = vec![
         "worker",
         "--nats-url",
         nats_url,
         "--db-path",
         db.to_str().expect("a UTF-8 path"),
-    ])
-    .expect("worker flags parse");
+    ];
+    args.extend_from_slice(extra);
+    let config = chat_persistence_worker::Config::try_parse_from(args).expect("worker flags parse");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {
@@ -161,7 +162,7 @@ impl Cluster {
     pub async fn start_with(gateway_flags: &[&str]) -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let worker = start_worker(&nats.url(), db_path(&dir)).await;
+        let worker = start_worker(&nats.url(), db_path(&dir), &[]).await;
         let mut gateways = Vec::new();
         for _ in 0..2 {
             gateways.push(start_gateway(&nats.url(), gateway_flags).await);
@@ -183,7 +184,7 @@ impl Cluster {
     }
 
     pub async fn restart_worker(&mut self) {
-        self.worker = start_worker(&self.nats.url(), db_path(&self.dir)).await;
+        self.worker = start_worker(&self.nats.url(), db_path(&self.dir), &[]).await;
     }
 }
 
