@@ -377,3 +377,157 @@ pub struct Change {
     pub current: Status,
     pub conversations: Arc<[String]>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn session(user: &str, id: &str, conversations: &[&str]) -> v1::Session {
+        v1::Session {
+            user_id: user.into(),
+            session_id: id.into(),
+            status: Status::Online.into(),
+            conversation_ids: conversations.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn attached(nodes: &[&str]) -> Placement {
+        let mut placement = Placement::new(2);
+        let later = Instant::now() + Duration::from_secs(60);
+        for node in nodes {
+            placement.hello(node, 1, later, Vec::new(), Vec::new());
+        }
+        placement
+    }
+
+    fn changes(placement: &mut Placement) -> Vec<(String, Status, Status)> {
+        let mut changes: Vec<_> = placement
+            .take_changes()
+            .into_iter()
+            .map(|(user, c)| (user.to_string(), c.previous, c.current))
+            .collect();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes
+    }
+
+    #[test]
+    fn a_user_is_online_from_the_first_session_to_the_last() {
+        let mut placement = attached(&["a", "b"]);
+        assert!(placement.open("a", session("ann", "1", &[]), "").admitted);
+        // Nobody hears of it before the router knows who would.
+        assert!(changes(&mut placement).is_empty());
+        placement.set_conversations("ann", vec!["c".into()]);
+        assert_eq!(
+            changes(&mut placement),
+            [("ann".into(), Status::Offline, Status::Online)]
+        );
+        assert!(placement.open("b", session("ann", "2", &[]), "").admitted);
+        placement.close("ann", "1");
+        assert!(changes(&mut placement).is_empty());
+        placement.close("ann", "2");
+        assert_eq!(
+            changes(&mut placement),
+            [("ann".into(), Status::Online, Status::Offline)]
+        );
+    }
+
+    #[test]
+    fn leaving_and_coming_back_within_a_window_is_no_change() {
+        let mut placement = attached(&["a"]);
+        placement.open("a", session("ann", "1", &[]), "");
+        placement.set_conversations("ann", Vec::new());
+        changes(&mut placement);
+        placement.close("ann", "1");
+        placement.open("a", session("ann", "2", &[]), "");
+        assert!(changes(&mut placement).is_empty());
+    }
+
+    #[test]
+    fn the_limit_counts_every_node_but_not_the_session_replaced() {
+        let mut placement = attached(&["a", "b"]);
+        assert!(placement.open("a", session("ann", "1", &[]), "").admitted);
+        assert!(placement.open("b", session("ann", "2", &[]), "").admitted);
+        let refused = placement.open("b", session("ann", "3", &[]), "");
+        assert_eq!(
+            refused,
+            Admission {
+                admitted: false,
+                sessions: 2
+            }
+        );
+        let resumed = placement.open("b", session("ann", "3", &[]), "1");
+        assert_eq!(
+            resumed,
+            Admission {
+                admitted: true,
+                sessions: 2
+            }
+        );
+        assert_eq!(placement.sessions_of("ann").len(), 2);
+    }
+
+    #[test]
+    fn a_lapsed_node_takes_its_sessions_with_it() {
+        let mut placement = Placement::new(5);
+        let now = Instant::now();
+        placement.hello("a", 1, now, vec![session("ann", "1", &["c"])], Vec::new());
+        placement.hello(
+            "b",
+            2,
+            now + Duration::from_secs(60),
+            vec![session("bob", "2", &["c"])],
+            Vec::new(),
+        );
+        placement.take_changes();
+        assert_eq!(placement.expire(now + Duration::from_secs(1)).len(), 1);
+        assert_eq!(
+            changes(&mut placement),
+            [("ann".into(), Status::Online, Status::Offline)]
+        );
+        assert_eq!(placement.visible("bob"), Status::Online);
+        assert!(!placement.is_current("a", 1));
+    }
+
+    #[test]
+    fn invisible_is_offline_to_others() {
+        let mut placement = attached(&["a"]);
+        placement.open("a", session("ann", "1", &[]), "");
+        placement.set_conversations("ann", Vec::new());
+        changes(&mut placement);
+        placement.set_status("ann", Status::Invisible);
+        assert_eq!(placement.visible("ann"), Status::Offline);
+        assert_eq!(
+            changes(&mut placement),
+            [("ann".into(), Status::Online, Status::Offline)]
+        );
+        placement.set_status("ann", Status::Busy);
+        assert_eq!(
+            changes(&mut placement),
+            [("ann".into(), Status::Offline, Status::Busy)]
+        );
+    }
+
+    #[test]
+    fn after_a_restart_only_departures_are_changes() {
+        let mut placement = Placement::new(5);
+        let later = Instant::now() + Duration::from_secs(60);
+        placement.hello(
+            "a",
+            1,
+            later,
+            vec![session("ann", "1", &["c"]), session("bob", "2", &["c"])],
+            vec![session("cid", "3", &["c"])],
+        );
+        placement.close("bob", "2");
+        placement.end_grace();
+        assert_eq!(
+            changes(&mut placement),
+            [
+                ("bob".into(), Status::Online, Status::Offline),
+                ("cid".into(), Status::Online, Status::Offline)
+            ]
+        );
+    }
+}
