@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Starts the whole product on this machine: nats-server (JetStream), one persistence worker on the
-# embedded store, and two gateways. Prints the WebSocket URLs and development tokens signed with a
+# Starts the whole product on this machine: nats-server (JetStream), the router, one persistence
+# worker on the embedded store, and two gateways. Prints the WebSocket URLs and development tokens signed with a
 # secret generated for this run. Ctrl-C stops everything.
 #
 #   deploy/local-cluster.sh            # keeps history in .local/cluster between runs
 #   deploy/local-cluster.sh --fresh    # starts from nothing
 #
-# Ports (environment): NATS_PORT (4222), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081").
+# Ports (environment): NATS_PORT (4222), ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"),
+# ADMIN_PORTS ("9080 9081").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.local/cluster
@@ -15,9 +16,11 @@ mkdir -p "$state"
 
 deploy/install-nats.sh
 echo "building (release)…"
-cargo build --release -q --bin chat-gateway --bin chat-persistence-worker
+cargo build --release -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
 
 nats_port=${NATS_PORT:-4222}
+router_port=${ROUTER_PORT:-7070}
+router_url="http://127.0.0.1:$router_port"
 read -r -a gateway_ports <<<"${GATEWAY_PORTS:-8080 8081}"
 read -r -a admin_ports <<<"${ADMIN_PORTS:-9080 9081}"
 nats_url="nats://127.0.0.1:$nats_port"
@@ -26,8 +29,8 @@ export CHAT_JWT_SECRET
 (umask 077 && printf '%s' "$CHAT_JWT_SECRET" >"$state/dev-secret")
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$nats_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
-  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set NATS_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
+for port in "$nats_port" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
+  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set NATS_PORT, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
 done
 
 pids=()
@@ -49,8 +52,12 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
+./target/release/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port" \
+  >"$state/router.log" 2>&1 &
+pids+=($!)
+
 ./target/release/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
-  >"$state/worker.log" 2>&1 &
+  --router-urls "$router_url" >"$state/worker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   grep -q "worker ready" "$state/worker.log" && break
@@ -61,7 +68,7 @@ done
 for i in 0 1; do
   ./target/release/chat-gateway --nats-url "$nats_url" \
     --listen "127.0.0.1:${gateway_ports[$i]}" --admin-listen "127.0.0.1:${admin_ports[$i]}" \
-    --node-id "gateway-$((i + 1))" --allowed-origins '*' \
+    --node-id "gateway-$((i + 1))" --allowed-origins '*' --router-urls "$router_url" \
     >"$state/gateway-$((i + 1)).log" 2>&1 &
   pids+=($!)
 done
@@ -84,6 +91,7 @@ Chat backend running (logs in $state/):
   gateway 1:  ws://127.0.0.1:${gateway_ports[0]}/ws    health http://127.0.0.1:${admin_ports[0]}/readyz
   gateway 2:  ws://127.0.0.1:${gateway_ports[1]}/ws    health http://127.0.0.1:${admin_ports[1]}/readyz
   NATS:       $nats_url (JetStream store in $state/nats)
+  router:     $router_url (presence, placement, at most 5 sessions per user)
   store:      $state/chat.db
 
 Development tokens (HS256, secret generated for this run, valid 24 h):
