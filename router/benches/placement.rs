@@ -65,5 +65,9 @@ fn main() {
     for (u, user_id) in user_ids.iter().enumerate() {
         placement.close(user_id, &format!("s-{u}-0"));
     }
-    report("close (with its session id built)", USERS, started.elapsed());
+    report(
+        "close (with its session id built)",
+        USERS,
+        started.elapsed(),
+    );
 }

@@ -116,16 +116,28 @@ struct Setup {
     nats: NatsServer,
     _dir: tempfile::TempDir,
     _worker: Running,
-    router: Router,
+    routers: Vec<Router>,
     gateways: Vec<Gateway>,
 }
 
 impl Setup {
     async fn start(gateways: usize, limit: u32) -> Self {
+        Self::start_with(gateways, limit, 1).await
+    }
+
+    /// With `routers` routers sharing the users.
+    async fn start_with(gateways: usize, limit: u32, routers: usize) -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let router = Router::start(&nats.url(), limit).await;
-        let router_url = router.url();
+        let mut started = Vec::new();
+        for _ in 0..routers {
+            started.push(Router::start(&nats.url(), limit).await);
+        }
+        let router_url = started
+            .iter()
+            .map(Router::url)
+            .collect::<Vec<_>>()
+            .join(",");
         let worker_flags = ["--router-urls", router_url.as_str()];
         let worker =
             testing::start_worker(&nats.url(), testing::db_path(&dir), &worker_flags).await;
@@ -133,7 +145,7 @@ impl Setup {
             nats,
             _dir: dir,
             _worker: worker,
-            router,
+            routers: started,
             gateways: Vec::new(),
         };
         for i in 0..gateways {
@@ -145,7 +157,9 @@ impl Setup {
         for gateway in &setup.gateways {
             wait_attached(gateway.admin).await;
         }
-        setup.router.grace().await;
+        for router in &setup.routers {
+            router.grace().await;
+        }
         setup
     }
 
@@ -326,7 +340,12 @@ async fn a_killed_gateway_makes_its_users_offline_within_the_lease() {
                 &admin.to_string(),
             ])
             .args(["--nats-url", &setup.nats.url(), "--jwt-secret", SECRET])
-            .args(["--router-urls", &setup.router.url(), "--node-id", "doomed"])
+            .args([
+                "--router-urls",
+                &setup.routers[0].url(),
+                "--node-id",
+                "doomed",
+            ])
             .stderr(Stdio::null())
             .spawn()
             .expect("chat-gateway starts"),
@@ -366,7 +385,7 @@ async fn a_router_restart_loses_no_session_and_sends_no_false_offline() {
     let mut alice = setup.client(1, "alice").await;
     bob.expect("user:online").await;
 
-    setup.router.kill();
+    setup.routers[0].kill();
     // Chat goes on without the router; health says it is missing.
     let deadline = Instant::now() + WAIT;
     while !get(setup.gateways[0].admin, "/healthz")
@@ -398,7 +417,7 @@ async fn a_router_restart_loses_no_session_and_sends_no_false_offline() {
     // A session opened meanwhile is admitted (the limit fails open) and registered later.
     let mut erin = setup.client(0, "erin").await;
 
-    setup.router.restart().await;
+    setup.routers[0].restart().await;
     for gateway in &setup.gateways {
         wait_attached(gateway.admin).await;
     }
@@ -461,4 +480,37 @@ async fn events_for_one_user_go_only_to_the_nodes_that_hold_them() {
     }
     let broadcast = tokio::time::timeout(QUIET, to_all.next()).await;
     assert!(broadcast.is_err(), "an event went to every node");
+}
+
+#[tokio::test]
+async fn two_routers_share_the_users() {
+    let setup = Setup::start_with(2, 2, 2).await;
+    let users: Vec<String> = (0..6).map(|i| format!("user-{i}")).collect();
+    let mut observer = setup.client(0, "observer").await;
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    create_room(&mut observer, &names).await;
+    let mut clients = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        clients.push(setup.client(i % 2, user).await);
+        assert_eq!(user_of(&observer.expect("user:online").await), user);
+    }
+    // Each router owns some of them, and the limit holds for every user whatever its owner.
+    let urls: Vec<String> = setup.routers.iter().map(Router::url).collect();
+    let routers = chat_proto::routing::Routers::new(&urls, WAIT).unwrap();
+    let owners: std::collections::HashSet<usize> = users.iter().map(|u| routers.owner(u)).collect();
+    assert_eq!(owners.len(), 2, "both routers own some of the users");
+    for (i, user) in users.iter().enumerate() {
+        clients.push(setup.client((i + 1) % 2, user).await);
+        let (_refused, error) = first_frame(&setup.gateways[i % 2].url(), user).await;
+        assert_eq!(error["data"]["code"], "FORBIDDEN", "{user}: {error}");
+    }
+    let stats = routers.cluster_stats().await.unwrap();
+    assert_eq!(stats.users_online, 7);
+    assert_eq!(stats.nodes.iter().map(|n| n.sessions).sum::<u64>(), 13);
+    let statuses = observer
+        .ok("presence:query", json!({ "userIds": names }))
+        .await;
+    for user in &users {
+        assert_eq!(statuses["statuses"][user], "online");
+    }
 }
