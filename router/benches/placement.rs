@@ -30,7 +30,7 @@ fn report(what: &str, count: usize, took: Duration) {
 }
 
 fn main() {
-    let mut placement = Placement::new(5);
+    let mut placement = Placement::new(5, Duration::ZERO);
     let later = std::time::Instant::now() + Duration::from_secs(3600);
     let nodes: Vec<String> = (0..NODES).map(|n| format!("node-{n}")).collect();
     for (generation, node) in nodes.iter().enumerate() {
@@ -58,7 +58,7 @@ fn main() {
     report("sessions of one user (placement)", USERS, started.elapsed());
 
     let started = Instant::now();
-    black_box(placement.take_changes());
+    black_box(placement.take_changes(std::time::Instant::now()));
     report("presence changes taken", USERS, started.elapsed());
 
     let started = Instant::now();

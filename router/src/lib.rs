@@ -53,6 +53,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_PRESENCE_WINDOW", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub presence_window: Duration,
 
+    /// How long a user must have been gone (no session, or invisible) before others hear they
+    /// went offline: a reconnection, or a drained gateway's clients moving to another one
+    /// (spread over up to 5 s), causes no offline-online flicker.
+    #[arg(long, env = "CHAT_OFFLINE_DELAY", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub offline_delay: Duration,
+
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,
@@ -87,6 +93,7 @@ pub async fn run(
         config.lease,
         config.lease,
         config.max_sessions_per_user as usize,
+        config.offline_delay,
     );
     let token = CancellationToken::new();
     let publisher = tokio::spawn(router.clone().publish_changes(

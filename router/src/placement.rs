@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chat_proto::v1::{self, Status};
 
@@ -53,6 +53,8 @@ struct Node {
 struct Before {
     visible: Status,
     conversations: Arc<[String]>,
+    /// When the first change came.
+    at: Instant,
 }
 
 /// The answer to an `Opened`.
@@ -69,16 +71,20 @@ pub struct Placement {
     users: HashMap<Arc<str>, User>,
     nodes: HashMap<Arc<str>, Node>,
     max_sessions_per_user: usize,
+    /// How long a user must stay gone before others hear they went offline.
+    offline_delay: Duration,
     changed: HashMap<Arc<str>, Before>,
 }
 
 impl Placement {
-    /// An empty placement that admits at most `max_sessions_per_user` sessions per user.
-    pub fn new(max_sessions_per_user: usize) -> Self {
+    /// An empty placement that admits at most `max_sessions_per_user` sessions per user, and
+    /// tells of a user going offline once they have been gone for `offline_delay`.
+    pub fn new(max_sessions_per_user: usize, offline_delay: Duration) -> Self {
         Self {
             users: HashMap::new(),
             nodes: HashMap::new(),
             max_sessions_per_user,
+            offline_delay,
             changed: HashMap::new(),
         }
     }
@@ -115,6 +121,7 @@ impl Placement {
                     Before {
                         visible: Status::Online,
                         conversations: session.conversation_ids.into(),
+                        at: Instant::now(),
                     },
                 );
             }
@@ -211,6 +218,7 @@ impl Placement {
     }
 
     /// Drops the nodes whose lease lapsed before `now`, with their sessions; returns their ids.
+    /// Their users have been unreachable since before the lapse: no offline delay for them.
     pub fn expire(&mut self, now: Instant) -> Vec<Arc<str>> {
         let lapsed: Vec<Arc<str>> = self
             .nodes
@@ -218,8 +226,9 @@ impl Placement {
             .filter(|(_, node)| node.expires <= now)
             .map(|(id, _)| Arc::clone(id))
             .collect();
+        let gone_since = now.checked_sub(self.offline_delay).unwrap_or(now);
         for node in &lapsed {
-            self.drop_node(node);
+            self.drop_node_at(node, gone_since);
         }
         lapsed
     }
@@ -254,14 +263,20 @@ impl Placement {
         (nodes, self.users.len())
     }
 
-    /// The real changes of visible status since the last call. A user whose conversations are
-    /// not known yet (who would hear of them?) stays noted for a later call.
-    pub fn take_changes(&mut self) -> Vec<(Arc<str>, Change)> {
+    /// The real changes of visible status since the last call, as of `now`. Stay noted for a
+    /// later call: a user whose conversations are not known yet (who would hear of them?), and
+    /// a user gone for less than the offline delay (a reconnection, a drained node's clients
+    /// moving over, causes no offline-online flicker).
+    pub fn take_changes(&mut self, now: Instant) -> Vec<(Arc<str>, Change)> {
         let changed = std::mem::take(&mut self.changed);
         let mut changes = Vec::with_capacity(changed.len());
         for (user_id, before) in changed {
-            let now = self.visible(&user_id);
-            if now == before.visible {
+            let current = self.visible(&user_id);
+            if current == before.visible {
+                continue;
+            }
+            if current == Status::Offline && now < before.at + self.offline_delay {
+                self.changed.insert(user_id, before);
                 continue;
             }
             let conversations = match self.users.get(&user_id) {
@@ -277,7 +292,7 @@ impl Placement {
             };
             let change = Change {
                 previous: before.visible,
-                current: now,
+                current,
                 conversations,
             };
             changes.push((user_id, change));
@@ -330,11 +345,16 @@ impl Placement {
     }
 
     fn drop_node(&mut self, node_id: &str) {
+        self.drop_node_at(node_id, Instant::now());
+    }
+
+    /// Drops a node's sessions, their users' changes noted as of `at`.
+    fn drop_node_at(&mut self, node_id: &str, at: Instant) {
         let Some(node) = self.nodes.remove(node_id) else {
             return;
         };
         for (user_id, session_id) in node.sessions {
-            self.note(&user_id);
+            self.note_at(&user_id, at);
             if let Some(user) = self.users.get_mut(&user_id) {
                 user.sessions.retain(|s| s.id != session_id);
                 if user.sessions.is_empty() {
@@ -346,6 +366,10 @@ impl Placement {
 
     /// Notes what others see of `user_id` before its first change of the window.
     fn note(&mut self, user_id: &Arc<str>) {
+        self.note_at(user_id, Instant::now());
+    }
+
+    fn note_at(&mut self, user_id: &Arc<str>, at: Instant) {
         if self.changed.contains_key(user_id) {
             return;
         }
@@ -365,6 +389,7 @@ impl Placement {
             Before {
                 visible,
                 conversations,
+                at,
             },
         );
     }
@@ -380,8 +405,6 @@ pub struct Change {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn session(user: &str, id: &str, conversations: &[&str]) -> v1::Session {
@@ -394,7 +417,7 @@ mod tests {
     }
 
     fn attached(nodes: &[&str]) -> Placement {
-        let mut placement = Placement::new(2);
+        let mut placement = Placement::new(2, Duration::ZERO);
         let later = Instant::now() + Duration::from_secs(60);
         for node in nodes {
             placement.hello(node, 1, later, Vec::new(), Vec::new());
@@ -404,7 +427,7 @@ mod tests {
 
     fn changes(placement: &mut Placement) -> Vec<(String, Status, Status)> {
         let mut changes: Vec<_> = placement
-            .take_changes()
+            .take_changes(Instant::now())
             .into_iter()
             .map(|(user, c)| (user.to_string(), c.previous, c.current))
             .collect();
@@ -470,7 +493,7 @@ mod tests {
 
     #[test]
     fn a_lapsed_node_takes_its_sessions_with_it() {
-        let mut placement = Placement::new(5);
+        let mut placement = Placement::new(5, Duration::ZERO);
         let now = Instant::now();
         placement.hello("a", 1, now, vec![session("ann", "1", &["c"])], Vec::new());
         placement.hello(
@@ -480,8 +503,8 @@ mod tests {
             vec![session("bob", "2", &["c"])],
             Vec::new(),
         );
-        placement.take_changes();
-        assert_eq!(placement.expire(now + Duration::from_secs(1)).len(), 1);
+        placement.take_changes(Instant::now());
+        assert_eq!(placement.expire(Instant::now()).len(), 1);
         assert_eq!(
             changes(&mut placement),
             [("ann".into(), Status::Online, Status::Offline)]
@@ -511,7 +534,7 @@ mod tests {
 
     #[test]
     fn after_a_restart_only_departures_are_changes() {
-        let mut placement = Placement::new(5);
+        let mut placement = Placement::new(5, Duration::ZERO);
         let later = Instant::now() + Duration::from_secs(60);
         placement.hello(
             "a",
@@ -529,5 +552,35 @@ mod tests {
                 ("cid".into(), Status::Online, Status::Offline)
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod offline_delay {
+    use super::*;
+
+    #[test]
+    fn a_user_is_offline_to_others_only_once_gone_for_the_delay() {
+        let delay = Duration::from_secs(5);
+        let mut placement = Placement::new(5, delay);
+        let later = Instant::now() + Duration::from_secs(60);
+        placement.hello("a", 1, later, Vec::new(), Vec::new());
+        let session = |id: &str| v1::Session {
+            user_id: "ann".into(),
+            session_id: id.into(),
+            status: Status::Online.into(),
+            conversation_ids: vec!["c".into()],
+        };
+        placement.hello("a", 1, later, vec![session("1")], Vec::new());
+        placement.take_changes(Instant::now());
+        placement.close("ann", "1");
+        assert!(placement.take_changes(Instant::now()).is_empty());
+        // Back (a drained node's client on another one) before the delay: nothing at all.
+        placement.open("a", session("2"), "");
+        assert!(placement.take_changes(Instant::now() + delay).is_empty());
+        placement.close("ann", "2");
+        let changes = placement.take_changes(Instant::now() + delay);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].1.current, Status::Offline);
     }
 }

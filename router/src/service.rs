@@ -38,11 +38,17 @@ struct Inner {
 }
 
 impl Router {
-    /// A router with an empty placement, in its grace (nodes re-register) for `grace`.
-    pub fn new(lease: Duration, grace: Duration, max_sessions_per_user: usize) -> Self {
+    /// A router with an empty placement (see [`Placement::new`]), in its grace (nodes
+    /// re-register) for `grace`.
+    pub fn new(
+        lease: Duration,
+        grace: Duration,
+        max_sessions_per_user: usize,
+        offline_delay: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                placement: Mutex::new(Placement::new(max_sessions_per_user)),
+                placement: Mutex::new(Placement::new(max_sessions_per_user, offline_delay)),
                 lease,
                 grace_ends: Instant::now() + grace,
                 max_sessions_per_user,
@@ -89,7 +95,7 @@ impl Router {
                     placement.end_grace();
                     tracing::info!("grace over; presence changes are published");
                 }
-                placement.take_changes()
+                placement.take_changes(Instant::now().into_std())
             };
             if changes.is_empty() {
                 continue;

@@ -79,7 +79,7 @@ impl Router {
                 &self.nats_url,
             ])
             .args(["--lease", &format!("{}ms", LEASE.as_millis())])
-            .args(["--presence-window", "100ms"])
+            .args(["--presence-window", "100ms", "--offline-delay", "500ms"])
             .args(["--max-sessions-per-user", &self.limit.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
