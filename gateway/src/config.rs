@@ -157,6 +157,15 @@ pub struct Config {
     #[arg(long, env = "CHAT_ROUTER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub router_timeout: Duration,
 
+    /// Secret of the resume tokens, shared by every gateway (default: derived from
+    /// `--jwt-secret`; without either, connections get no resume token).
+    #[arg(long, env = "CHAT_RESUME_SECRET", hide_env_values = true)]
+    pub resume_secret: Option<String>,
+
+    /// How long a resume token is valid after its connection started.
+    #[arg(long, env = "CHAT_RESUME_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub resume_ttl: Duration,
+
     /// How long membership and conversation look-ups are cached.
     #[arg(long, env = "CHAT_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
@@ -222,6 +231,8 @@ pub struct Settings {
     pub origins: Origins,
     /// This node's name.
     pub node_id: String,
+    /// The resume tokens' key, if resume is possible.
+    pub resume: Option<crate::resume::ResumeKeys>,
 }
 
 impl Config {
@@ -277,11 +288,17 @@ impl Config {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let resume = crate::resume::ResumeKeys::new(
+            self.resume_secret.as_deref(),
+            self.jwt_secret.as_deref(),
+            self.resume_ttl,
+        );
         Ok(Settings {
             config: self,
             verifier,
             origins,
             node_id,
+            resume,
         })
     }
 }

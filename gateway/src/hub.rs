@@ -118,7 +118,21 @@ impl SocketHandle {
 
     /// Queues a push without waiting; see the module documentation for a full outbox.
     pub fn push(&self, frame: &Utf8Bytes, delivery: Delivery, stats: &Stats) {
-        match self.outbox.try_push(Outbound::Text(frame.clone())) {
+        self.queue(Outbound::Text(frame.clone()), delivery, stats);
+    }
+
+    /// Queues a conversation event (held while the socket resumes).
+    fn push_event(&self, frame: &Utf8Bytes, conversation: u64, seq: u64, stats: &Stats) {
+        let event = Outbound::Event {
+            conversation,
+            seq,
+            frame: frame.clone(),
+        };
+        self.queue(event, Delivery::Durable, stats);
+    }
+
+    fn queue(&self, item: Outbound, delivery: Delivery, stats: &Stats) {
+        match self.outbox.try_push(item) {
             Ok(()) => {}
             Err(PushError::Full) => match delivery {
                 Delivery::Ephemeral => {
@@ -164,10 +178,13 @@ struct Room {
 }
 
 impl Room {
+    /// Pushes `frame` to every member but `skip_user`; a durable event with a position
+    /// (`event`: conversation hash and seq) is one a resume may hold back.
     fn deliver(
         &self,
         frame: &Utf8Bytes,
         delivery: Delivery,
+        event: Option<(u64, u64)>,
         skip_user: Option<&str>,
         stats: &Stats,
     ) {
@@ -176,7 +193,12 @@ impl Room {
             if skip_user.is_some_and(|u| *u == *socket.user_id) {
                 continue;
             }
-            socket.push(frame, delivery, stats);
+            match (delivery, event) {
+                (Delivery::Durable, Some((conversation, seq))) => {
+                    socket.push_event(frame, conversation, seq, stats);
+                }
+                _ => socket.push(frame, delivery, stats),
+            }
         }
     }
 
@@ -616,9 +638,12 @@ impl Hub {
         let Some((frame, delivery)) = client::conversation_push(&event) else {
             return;
         };
+        let position =
+            (event.seq > 0).then(|| (subjects::fnv1a(&event.conversation_id), event.seq));
         room.deliver(
             &Utf8Bytes::from(frame),
             delivery,
+            position,
             skip_user,
             &self.inner.stats,
         );

@@ -17,6 +17,7 @@ pub mod history;
 pub mod hub;
 pub mod outbox;
 pub mod presence;
+pub mod resume;
 pub mod router;
 pub mod session;
 pub mod validation;

@@ -2,6 +2,13 @@
 //! tokio channel allocates a block of slots up front), which matters at thousands of idle
 //! sockets a node; it shrinks back after a burst. Pushes never wait: a full queue is the
 //! caller's to handle (drop an ephemeral push, or evict the socket).
+//!
+//! During a resume the queue is held: conversation events wait (everything else goes out), the
+//! missed events are read from the stream, and [`Outbox::release`] puts them before the held
+//! ones and drops the held ones they already cover, so the client gets each event once, in
+//! order.
+
+use std::collections::HashMap;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,6 +25,12 @@ const KEEP_CAPACITY: usize = 16;
 pub enum Outbound {
     /// A text frame.
     Text(Utf8Bytes),
+    /// A conversation event's frame: `conversation` is the FNV-1a of its id, `seq` its position.
+    Event {
+        conversation: u64,
+        seq: u64,
+        frame: Utf8Bytes,
+    },
     /// A protocol ping.
     Ping,
     /// A close frame, then the end.
@@ -39,6 +52,8 @@ pub struct Outbox {
     queue: Mutex<VecDeque<Outbound>>,
     ready: Notify,
     closed: AtomicBool,
+    /// Conversation events wait until a resume releases them.
+    held: AtomicBool,
     capacity: usize,
 }
 
@@ -49,6 +64,7 @@ impl Outbox {
             queue: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             capacity,
         }
     }
@@ -69,10 +85,17 @@ impl Outbox {
         Ok(())
     }
 
-    /// The next item if there is one.
+    /// The next item if there is one (while held, the next that is not a conversation event).
     pub fn try_pop(&self) -> Option<Outbound> {
         let mut queue = self.queue.lock().expect("outbox lock poisoned");
-        let item = queue.pop_front();
+        let item = if self.held.load(Ordering::Acquire) {
+            let next = queue
+                .iter()
+                .position(|item| !matches!(item, Outbound::Event { .. }))?;
+            queue.remove(next)
+        } else {
+            queue.pop_front()
+        };
         if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
             *queue = VecDeque::new();
         }
@@ -91,6 +114,40 @@ impl Outbox {
             // A push between the check and this wait leaves a permit: no wake-up is lost.
             self.ready.notified().await;
         }
+    }
+
+    /// Holds conversation events until [`Outbox::release`].
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Whether conversation events are held.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Ends a hold: `replayed` go first (before the held events, after what was queued before
+    /// them), and a held event of a conversation at or below its position in `covered` (by
+    /// conversation hash) is dropped: the client has it, or has it in `replayed`.
+    pub fn release(&self, replayed: Vec<Utf8Bytes>, covered: &HashMap<u64, u64>) {
+        {
+            let mut queue = self.queue.lock().expect("outbox lock poisoned");
+            queue.retain(|item| match item {
+                Outbound::Event {
+                    conversation, seq, ..
+                } => covered.get(conversation).is_none_or(|&upto| *seq > upto),
+                _ => true,
+            });
+            let at = queue
+                .iter()
+                .position(|item| matches!(item, Outbound::Event { .. }))
+                .unwrap_or(queue.len());
+            for (i, frame) in replayed.into_iter().enumerate() {
+                queue.insert(at + i, Outbound::Text(frame));
+            }
+            self.held.store(false, Ordering::Release);
+        }
+        self.ready.notify_one();
     }
 
     /// No more pushes; the writer drains what is queued and ends.
@@ -117,6 +174,38 @@ mod tests {
         assert!(matches!(outbox.next().await, Some(Outbound::Ping)));
         assert!(matches!(outbox.next().await, Some(Outbound::Text(_))));
         assert!(outbox.next().await.is_none());
+    }
+
+    fn event(seq: u64) -> Outbound {
+        Outbound::Event {
+            conversation: 7,
+            seq,
+            frame: Utf8Bytes::from(format!("e{seq}")),
+        }
+    }
+
+    fn text(item: Outbound) -> String {
+        match item {
+            Outbound::Text(frame) | Outbound::Event { frame, .. } => frame.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hold_keeps_events_back_and_its_release_puts_the_replay_first_without_duplicates() {
+        let outbox = Outbox::new(16);
+        outbox.hold();
+        outbox.try_push(event(5)).unwrap();
+        outbox.try_push(Outbound::Text("connected".into())).unwrap();
+        outbox.try_push(event(6)).unwrap();
+        // Only what is not a conversation event goes out while held.
+        assert_eq!(text(outbox.try_pop().unwrap()), "connected");
+        assert!(outbox.try_pop().is_none());
+        // The replay read up to 5: the held 5 is a duplicate, 6 is new.
+        let replayed = vec![Utf8Bytes::from("e4"), Utf8Bytes::from("e5")];
+        outbox.release(replayed, &HashMap::from([(7, 5)]));
+        let order: Vec<String> = std::iter::from_fn(|| outbox.try_pop()).map(text).collect();
+        assert_eq!(order, ["e4", "e5", "e6"]);
     }
 
     #[tokio::test]

@@ -43,6 +43,7 @@ use crate::history::{self, Window};
 use crate::hub::{Eviction, SocketHandle};
 use crate::outbox::{Outbound, Outbox, PushError};
 use crate::presence;
+use crate::resume::{self, ResumeData};
 use crate::router::Admission;
 use crate::validation;
 
@@ -70,6 +71,8 @@ struct SendOutcome {
 #[derive(Default)]
 struct Upgrade {
     token: Option<String>,
+    /// `resume=1`: the first request will be `resume`; pushes wait for it.
+    resume: bool,
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is `None` when the node is full.
@@ -164,6 +167,10 @@ fn check_upgrade(
                     .map(str::to_owned)
             })
         });
+    upgrade.resume = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair == "resume=1"));
     let offered = request
         .headers()
         .get(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -186,19 +193,20 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
     let eviction = Arc::new(Eviction::default());
     let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), Arc::clone(&eviction)));
 
-    let (identity, request_id) = match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await
-    {
-        Ok(found) => found,
-        Err((code, frame)) => {
-            if let Some(frame) = frame {
-                let _ = outbox.try_push(Outbound::Text(frame.into()));
+    let resume_query = upgrade.resume;
+    let (identity, request_id, resume) =
+        match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await {
+            Ok(found) => found,
+            Err((code, frame)) => {
+                if let Some(frame) = frame {
+                    let _ = outbox.try_push(Outbound::Text(frame.into()));
+                }
+                let _ = outbox.try_push(Outbound::Close(code, close_reason(code)));
+                outbox.close();
+                end_writer(&mut writer).await;
+                return;
             }
-            let _ = outbox.try_push(Outbound::Close(code, close_reason(code)));
-            outbox.close();
-            end_writer(&mut writer).await;
-            return;
-        }
-    };
+        };
     tracing::Span::current().record("user_id", &*identity.user_id);
     let socket = SocketHandle::new(
         shared.next_socket_id.fetch_add(1, Ordering::Relaxed),
@@ -214,12 +222,30 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
         outbox,
         eviction,
         typing: HashMap::new(),
+        resume_wait: None,
     };
     shared.hub.register(&session.socket);
+    let keys = shared.settings.resume.as_ref();
+    // A resume in `auth` names the old session, which this one replaces (not counted twice).
+    let resumed = match (keys, resume) {
+        (Some(keys), Some(resume)) => Some(
+            keys.verify(&resume.resume_token, &session.identity.user_id)
+                .map(|old| (old, resume.positions)),
+        ),
+        _ => None,
+    };
+    let replaces = resumed
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|(old, _)| old.clone());
+    if matches!(resumed, Some(Ok(_))) || (resume_query && keys.is_some()) {
+        // Conversation events wait from before the rooms are joined until the replay is in.
+        session.outbox.hold();
+    }
     let mut pending = FuturesOrdered::new();
     // Registered with the router before the rooms are fetched: an event addressed to the user
     // from now on finds this node through the router, and one before is in the rooms.
-    if let Admission::Refused { limit } = session.admit().await {
+    if let Admission::Refused { limit } = session.admit(replaces).await {
         let message =
             format!("too many sessions: a user may have at most {limit} at once; close one first");
         let error = RequestError::forbidden(message);
@@ -230,11 +256,27 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
         return;
     }
     match Box::pin(session.connected()).await {
-        Ok(payload) => {
+        Ok(mut payload) => {
+            let replayed = match resumed {
+                Some(Ok((_, positions))) => Some(Box::pin(session.replay(&positions)).await),
+                Some(Err(error)) => {
+                    payload["resume"] = json!({ "recovered": false, "error": error.message });
+                    None
+                }
+                None => None,
+            };
+            if let Some((report, _)) = &replayed {
+                payload["resume"] = report.clone();
+            }
             session.emit(match request_id {
                 Some(id) => client::ack(&id, payload),
                 None => client::push("connected", payload),
             });
+            if let Some((_, replay)) = replayed {
+                session.release(replay);
+            } else if session.outbox.is_held() {
+                session.resume_wait = Some(Instant::now() + resume::RESUME_WAIT);
+            }
             session.serve(&mut frames, &mut pending, shutdown).await;
         }
         Err(error) => {
@@ -277,7 +319,7 @@ async fn authenticate(
     gateway: &Gateway,
     upgrade: Upgrade,
     frames: &mut futures_util::stream::SplitStream<WsStream>,
-) -> Result<(Identity, Option<String>), (u16, Option<String>)> {
+) -> Result<Authenticated, (u16, Option<String>)> {
     let verifier = &gateway.shared.settings.verifier;
     let unauthorized = |error: AuthError, request_id: Option<&str>| {
         let frame = RequestError::new(client::ErrorCode::Unauthorized, error.to_string())
@@ -287,7 +329,7 @@ async fn authenticate(
     if let Some(token) = upgrade.token {
         return verifier
             .verify(&token)
-            .map(|identity| (identity, None))
+            .map(|identity| (identity, None, None))
             .map_err(|e| unauthorized(e, None));
     }
     let deadline = Instant::now() + gateway.shared.settings.config.auth_timeout;
@@ -311,24 +353,28 @@ async fn authenticate(
         let is_auth = envelope
             .event
             .is_some_and(|raw| serde_json::from_str::<&str>(raw.get()).ok() == Some("auth"));
-        let token = envelope
+        let data = envelope
             .data
-            .and_then(|raw| serde_json::from_str::<AuthData>(raw.get()).ok())
-            .map(|d| d.token);
-        let (true, Some(token)) = (is_auth, token) else {
+            .and_then(|raw| serde_json::from_str::<AuthData>(raw.get()).ok());
+        let (true, Some(data)) = (is_auth, data) else {
             return Err(unauthorized(AuthError::Missing, request_id.as_deref()));
         };
         return verifier
-            .verify(&token)
-            .map(|identity| (identity, request_id.clone()))
+            .verify(&data.token)
+            .map(|identity| (identity, request_id.clone(), data.resume))
             .map_err(|e| unauthorized(e, request_id.as_deref()));
     }
 }
+
+/// Who connected, the `auth` request's id, and what it resumes.
+type Authenticated = (Identity, Option<String>, Option<ResumeData>);
 
 /// What a handled request answers.
 enum Reply {
     /// Ack with this data now.
     Ack(serde_json::Value),
+    /// Ack a resume with this data, then release the replay.
+    Resumed(serde_json::Value, Option<resume::Replay>),
     /// The answer comes when this send is acknowledged by the stream.
     Later(PendingSend),
 }
@@ -341,6 +387,8 @@ struct Session {
     outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
     typing: HashMap<Arc<str>, Instant>,
+    /// Until then pushes wait for a `resume` request (a connection made with `resume=1`).
+    resume_wait: Option<Instant>,
 }
 
 impl Session {
@@ -377,16 +425,21 @@ impl Session {
             router.conversations(&self.identity.user_id, &self.session_id, ids);
         }
         let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
-        Ok(json!({
+        let mut payload = json!({
             "userId": &*self.identity.user_id,
             "sessionId": self.session_id,
             "rooms": rooms,
             "timestamp": iso8601(now_ms()),
-        }))
+        });
+        if let Some(keys) = &shared.settings.resume {
+            payload["resumeToken"] = keys.mint(&self.identity.user_id, &self.session_id).into();
+        }
+        Ok(payload)
     }
 
-    /// Registers the session with its router (the per-user session limit); admitted without one.
-    async fn admit(&self) -> Admission {
+    /// Registers the session with its router (the per-user session limit; `replaces` is the
+    /// session it resumes); admitted without one.
+    async fn admit(&self, replaces: Option<String>) -> Admission {
         let Some(router) = &self.gateway.shared.router else {
             return Admission::Admitted;
         };
@@ -396,7 +449,51 @@ impl Session {
             status: v1::Status::Online.into(),
             conversation_ids: Vec::new(),
         };
-        router.open(session, None).await
+        router.open(session, replaces).await
+    }
+
+    /// Reads what the socket missed (its outbox holds its conversation events meanwhile): the
+    /// answer to give, and the replay to release after it. A failed read releases nothing but
+    /// the hold (the client syncs).
+    async fn replay(
+        &self,
+        positions: &std::collections::BTreeMap<String, u64>,
+    ) -> (serde_json::Value, Option<resume::Replay>) {
+        let shared = &self.gateway.shared;
+        match resume::replay(&shared.reader, &shared.hub, self.socket.id, positions).await {
+            Ok(replay) => {
+                let report = json!({ "recovered": true, "conversations": replay.report });
+                (report, Some(replay))
+            }
+            Err(error) => {
+                let report = json!({ "recovered": false, "error": error.message });
+                (report, None)
+            }
+        }
+    }
+
+    /// Ends the hold of conversation events, the replay first.
+    fn release(&self, replay: Option<resume::Replay>) {
+        match replay {
+            Some(replay) => self.outbox.release(replay.frames, &replay.covered),
+            None => self.outbox.release(Vec::new(), &HashMap::new()),
+        }
+    }
+
+    /// `resume`, the first request of a socket that connected with `resume=1`.
+    async fn resume(&mut self, data: ResumeData) -> Result<Reply, RequestError> {
+        let keys = self.gateway.shared.settings.resume.as_ref();
+        let (Some(keys), Some(_)) = (keys, self.resume_wait.take()) else {
+            return Err(RequestError::protocol(
+                "resume must be the first request of a connection made with resume=1",
+            ));
+        };
+        if let Err(error) = keys.verify(&data.resume_token, &self.identity.user_id) {
+            self.release(None);
+            return Err(error);
+        }
+        let (report, replay) = Box::pin(self.replay(&data.positions)).await;
+        Ok(Reply::Resumed(report, replay))
     }
 
     /// The request loop. Sends awaiting the stream wait in `pending`, in order; while it is
@@ -433,6 +530,11 @@ impl Session {
                     Box::pin(self.finish_send(outcome)).await;
                 }
                 () = sleep_until_opt(typing_due) => Box::pin(self.expire_typing()).await,
+                () = sleep_until_opt(self.resume_wait) => {
+                    // No `resume` in time: the socket goes on without a replay.
+                    self.resume_wait = None;
+                    self.release(None);
+                }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
                         tracing::debug!("no sign of life; closing");
@@ -534,6 +636,13 @@ impl Session {
                 }
                 None
             }
+            Ok(Reply::Resumed(data, replay)) => {
+                if let Some(id) = request_id {
+                    self.emit(client::ack(id, data));
+                }
+                self.release(replay);
+                None
+            }
             Ok(Reply::Later(send)) => Some(send),
             Err(error) => {
                 self.emit(error.to_frame(request_id, Some(&echoed)));
@@ -548,6 +657,10 @@ impl Session {
         data: &str,
         request_id: Option<&str>,
     ) -> Result<Reply, RequestError> {
+        if event != "resume" && self.resume_wait.take().is_some() {
+            // The first request is not `resume`: nothing to wait for.
+            self.release(None);
+        }
         match event {
             "ping" => Ok(Reply::Ack(
                 json!({ "event": "pong", "timestamp": now_ms() }),
@@ -585,9 +698,7 @@ impl Session {
                 .await
                 .map(Reply::Ack),
             "room:online" => self.online(parse(data)?).await,
-            "resume" => Err(RequestError::protocol(
-                "resume is not supported by this server yet",
-            )),
+            "resume" => self.resume(parse(data)?).await,
             _ => Err(RequestError::protocol("unknown event")),
         }
     }
@@ -1006,7 +1117,9 @@ async fn write_loop(
             let mut written = 0;
             while let Some(item) = next.take() {
                 match item {
-                    Outbound::Text(text) => sink.feed(Message::Text(text)).await?,
+                    Outbound::Text(text) | Outbound::Event { frame: text, .. } => {
+                        sink.feed(Message::Text(text)).await?
+                    }
                     Outbound::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await?,
                     Outbound::Close(code, _) => {
                         closing = Some(code);

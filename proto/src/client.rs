@@ -98,6 +98,20 @@ pub struct ClientFrame<'a> {
 pub struct AuthData {
     /// The JWT.
     pub token: String,
+    /// Resume an earlier session on this connection.
+    #[serde(default)]
+    pub resume: Option<ResumeData>,
+}
+
+/// What a client resumes from (`auth.resume`, or the `resume` request's data).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeData {
+    /// The `resumeToken` of the earlier session's `connected`.
+    pub resume_token: String,
+    /// The last `seq` seen, per conversation.
+    #[serde(default)]
+    pub positions: std::collections::BTreeMap<String, u64>,
 }
 
 /// An attachment as a client sends it.

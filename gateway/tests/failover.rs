@@ -1,0 +1,293 @@
+//! Failover: resume after a lost connection or a killed gateway process, with a writer sending a
+//! numbered sequence at a steady rate and readers checking it. Each test prints, per fault,
+//! messages acked, delivered, missing and duplicated.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// What a reader saw of the numbered sequence.
+#[derive(Default)]
+struct Seen {
+    numbers: Vec<u64>,
+    last_seq: u64,
+}
+
+impl Seen {
+    /// Takes the `message:new` pushes until none comes for `wait`.
+    async fn read(&mut self, client: &mut Client, wait: Duration) {
+        self.read_until(client, wait, Instant::now() + Duration::from_secs(60))
+            .await;
+    }
+
+    /// Takes the `message:new` pushes until none comes for `wait`, or `deadline`.
+    async fn read_until(&mut self, client: &mut Client, wait: Duration, deadline: Instant) {
+        while Instant::now() < deadline
+            && let Some(data) = client.expect_within("message:new", wait).await
+        {
+            let message = &data["message"];
+            let number = message["content"]
+                .as_str()
+                .and_then(|c| c.strip_prefix("n-"));
+            if let Some(number) = number.and_then(|n| n.parse().ok()) {
+                self.numbers.push(number);
+            }
+            self.last_seq = self.last_seq.max(message["seq"].as_u64().unwrap_or(0));
+        }
+    }
+
+    /// Prints and checks the reader's account against the acked numbers.
+    fn check(&self, fault: &str, reader: &str, acked: &[u64]) {
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for n in &self.numbers {
+            *counts.entry(*n).or_default() += 1;
+        }
+        let missing = acked.iter().filter(|n| !counts.contains_key(n)).count();
+        let duplicated: usize = counts.values().map(|c| c - 1).sum();
+        println!(
+            "{fault}: {reader}: acked {}, delivered {}, missing {missing}, duplicated {duplicated}",
+            acked.len(),
+            self.numbers.len()
+        );
+        assert_eq!((missing, duplicated), (0, 0), "{fault}: {reader}");
+        assert!(
+            self.numbers.windows(2).all(|w| w[0] < w[1]),
+            "{fault}: {reader}: out of order"
+        );
+    }
+}
+
+/// Sends `n-0`, `n-1`, … every `every` until `count`; returns the acked numbers.
+fn writer(mut client: Client, room: String, count: u64, every: Duration) -> JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        for n in 0..count {
+            tick.tick().await;
+            let data = json!({ "conversationId": room, "content": format!("n-{n}") });
+            if client.request("message:send", data).await["event"] == "ack" {
+                acked.push(n);
+            }
+        }
+        acked
+    })
+}
+
+/// Reconnects `user` to `url` with `auth` carrying the resume token and position.
+async fn resume(url: &str, user: &str, connected: &Value, room: &str, seq: u64) -> (Client, Value) {
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut client = Client::from_ws(ws);
+    let data = json!({
+        "token": token(user),
+        "resume": {
+            "resumeToken": connected["resumeToken"],
+            "positions": { room: seq },
+        },
+    });
+    let answer = client.request("auth", data).await;
+    assert_eq!(answer["event"], "ack", "{answer}");
+    (client, answer["data"].clone())
+}
+
+#[tokio::test]
+async fn a_resumed_connection_gets_every_missed_event_once_while_messages_keep_coming() {
+    let cluster = Cluster::start().await;
+    let mut alice = cluster.client(0, "alice").await;
+    let room = create_room(&mut alice, &["bob"]).await;
+    let mut bob = cluster.client(1, "bob").await;
+    assert!(bob.connected["resumeToken"].is_string());
+
+    let sending = writer(alice, room.clone(), 150, Duration::from_millis(5));
+    let mut seen = Seen::default();
+    let deadline = Instant::now() + Duration::from_millis(150);
+    seen.read_until(&mut bob, Duration::from_millis(100), deadline)
+        .await;
+    let connected = bob.connected.clone();
+    drop(bob); // The train enters a tunnel.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut bob, answer) = resume(&cluster.url(0), "bob", &connected, &room, seen.last_seq).await;
+    assert_eq!(answer["resume"]["recovered"], true, "{answer}");
+    assert_eq!(answer["resume"]["conversations"][&room]["complete"], true);
+    assert!(
+        answer["resume"]["conversations"][&room]["replayed"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let acked = sending.await.unwrap();
+    seen.read(&mut bob, Duration::from_secs(2)).await;
+    seen.check("disconnect", "bob", &acked);
+
+    // A token is the user's own, and never a client token.
+    let stolen = resume(&cluster.url(0), "carol", &connected, &room, 0)
+        .await
+        .1;
+    assert_eq!(stolen["resume"]["recovered"], false);
+    let (ws, _) = tokio_tungstenite::connect_async(format!(
+        "{}?token={}",
+        cluster.url(0),
+        connected["resumeToken"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    let mut impostor = Client::from_ws(ws);
+    let refused = impostor.next_frame(WAIT).await.unwrap();
+    assert_eq!(refused["data"]["code"], "UNAUTHORIZED", "{refused}");
+}
+
+#[tokio::test]
+async fn resume_as_the_first_request_after_connecting_with_resume_1() {
+    let cluster = Cluster::start().await;
+    let mut alice = cluster.client(0, "alice").await;
+    let room = create_room(&mut alice, &["bob"]).await;
+    let bob = cluster.client(1, "bob").await;
+    let connected = bob.connected.clone();
+    drop(bob);
+    for n in 0..5 {
+        alice
+            .ok(
+                "message:send",
+                json!({ "conversationId": room, "content": format!("n-{n}") }),
+            )
+            .await;
+    }
+    let url = format!("{}?resume=1", cluster.url(1));
+    let mut bob = Client::connect(&url, "bob").await;
+    // Live events wait for the resume: a message now comes after the replayed ones.
+    alice
+        .ok(
+            "message:send",
+            json!({ "conversationId": room, "content": "n-5" }),
+        )
+        .await;
+    let positions = json!({ room.clone(): 0 });
+    let data = bob
+        .ok(
+            "resume",
+            json!({ "resumeToken": connected["resumeToken"], "positions": positions }),
+        )
+        .await;
+    // 5, or 6 when the last one was stored before the replay read (then not sent twice).
+    let replayed = data["conversations"][&room]["replayed"].as_u64().unwrap();
+    assert!((5..=6).contains(&replayed), "{data}");
+    let mut seen = Seen::default();
+    seen.read(&mut bob, Duration::from_secs(1)).await;
+    seen.check("resume=1", "bob", &[0, 1, 2, 3, 4, 5]);
+    assert_eq!(
+        bob.fails("resume", json!({ "resumeToken": connected["resumeToken"] }))
+            .await,
+        "PROTOCOL_ERROR"
+    );
+}
+
+/// A `chat-gateway` process, killed when dropped.
+struct GatewayProcess {
+    child: Child,
+    ws: SocketAddr,
+}
+
+impl GatewayProcess {
+    async fn start(nats_url: &str) -> Self {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+        };
+        let (ws, admin) = (port(), port());
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
+            .args([
+                "--listen",
+                &ws.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(["--nats-url", nats_url, "--jwt-secret", SECRET])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chat-gateway starts");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let listening = tokio::net::TcpStream::connect(admin).await.is_ok();
+            if listening && get(admin, "/readyz").await.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway process is not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, ws }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn readers_of_a_killed_gateway_resume_on_another_with_every_acked_message_once() {
+    let cluster = Cluster::start().await;
+    let mut doomed = GatewayProcess::start(&cluster.nats.url()).await;
+    let mut alice = cluster.client(0, "alice").await;
+    let readers = ["bob", "carol", "dave"];
+    let room = create_room(&mut alice, &readers).await;
+    let mut clients = Vec::new();
+    for reader in readers {
+        clients.push(Client::connect(&doomed.url(), reader).await);
+    }
+
+    let sending = writer(alice, room.clone(), 300, Duration::from_millis(5));
+    let mut seen: Vec<Seen> = readers.iter().map(|_| Seen::default()).collect();
+    let deadline = Instant::now() + Duration::from_millis(300);
+    for (client, seen) in clients.iter_mut().zip(&mut seen) {
+        seen.read_until(client, Duration::from_millis(100), deadline)
+            .await;
+    }
+    let killed = Instant::now();
+    doomed.kill(); // SIGKILL, mid-stream.
+    let mut resumed = Vec::new();
+    for ((reader, client), seen) in readers.iter().zip(&mut clients).zip(&mut seen) {
+        // What reached the socket before the kill counts.
+        seen.read_until(client, Duration::from_millis(50), Instant::now())
+            .await;
+        let (client, answer) = resume(
+            &cluster.url(1),
+            reader,
+            &client.connected,
+            &room,
+            seen.last_seq,
+        )
+        .await;
+        assert_eq!(answer["resume"]["recovered"], true, "{answer}");
+        resumed.push(client);
+    }
+    println!(
+        "kill -9 gateway: readers resumed on another gateway {:?} after the kill",
+        killed.elapsed()
+    );
+    let acked = sending.await.unwrap();
+    for ((reader, client), seen) in readers.iter().zip(&mut resumed).zip(&mut seen) {
+        seen.read(client, Duration::from_secs(2)).await;
+        seen.check("kill -9 gateway", reader, &acked);
+    }
+}
