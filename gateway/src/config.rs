@@ -170,7 +170,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
 
-    /// How long shutdown waits for connections to close.
+    /// On SIGTERM, how long clients have to move: each is told `server:draining` with a
+    /// `reconnectAfterMs` spread over this time and keeps being served until it goes; the rest
+    /// are closed with 1012 at its end.
+    #[arg(long, env = "CHAT_DRAIN_TIME", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_time: Duration,
+
+    /// After the drain time, how long shutdown waits for connections to close.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 

@@ -294,7 +294,7 @@ pub async fn run(
     drop(listener);
     sessions.cancel();
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+    if tokio::time::timeout(config.drain_time + config.shutdown_grace, tracker.wait())
         .await
         .is_err()
     {

@@ -510,6 +510,8 @@ impl Session {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ping.reset();
         let mut last_heard = Instant::now();
+        let mut drain_deadline = None;
+        let drain_time = config.drain_time;
         let idle_timeout = config.idle_timeout;
         // Built once: a future made anew on every turn of the loop costs a registration each time.
         let eviction = Arc::clone(&self.eviction);
@@ -520,9 +522,13 @@ impl Session {
             let typing_due = self.typing.values().min().copied();
             tokio::select! {
                 _ = &mut evicted => return,
-                () = &mut shutting_down => {
-                    let spread = rand_below(5_000);
+                () = &mut shutting_down, if drain_deadline.is_none() => {
+                    // Served on while the client moves; closed at the end of the drain.
+                    let spread = rand_below(u64::try_from(drain_time.as_millis()).unwrap_or(u64::MAX).max(1));
                     self.emit(client::push("server:draining", json!({ "reconnectAfterMs": spread })));
+                    drain_deadline = Some(Instant::now() + drain_time);
+                }
+                () = sleep_until_opt(drain_deadline) => {
                     self.close(close::RESTARTING);
                     return;
                 }

@@ -196,6 +196,10 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     async fn start(nats_url: &str) -> Self {
+        Self::start_with(nats_url, &[]).await
+    }
+
+    async fn start_with(nats_url: &str, extra: &[&str]) -> Self {
         let port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -210,6 +214,7 @@ impl GatewayProcess {
                 &admin.to_string(),
             ])
             .args(["--nats-url", nats_url, "--jwt-secret", SECRET])
+            .args(extra)
             .stderr(Stdio::null())
             .spawn()
             .expect("chat-gateway starts");
@@ -235,6 +240,15 @@ impl GatewayProcess {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM: the gateway drains.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
     }
 }
 
@@ -289,5 +303,53 @@ async fn readers_of_a_killed_gateway_resume_on_another_with_every_acked_message_
     for ((reader, client), seen) in readers.iter().zip(&mut resumed).zip(&mut seen) {
         seen.read(client, Duration::from_secs(2)).await;
         seen.check("kill -9 gateway", reader, &acked);
+    }
+}
+
+#[tokio::test]
+async fn readers_of_a_draining_gateway_move_without_an_error_or_a_lost_message() {
+    let cluster = Cluster::start().await;
+    let draining = GatewayProcess::start_with(&cluster.nats.url(), &["--drain-time", "2s"]).await;
+    let mut alice = cluster.client(0, "alice").await;
+    let readers = ["bob", "carol", "dave"];
+    let room = create_room(&mut alice, &readers).await;
+    let mut clients = Vec::new();
+    for reader in readers {
+        clients.push(Client::connect(&draining.url(), reader).await);
+    }
+
+    let sending = writer(alice, room.clone(), 400, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    draining.terminate();
+    let mut moves = Vec::new();
+    for (reader, mut client) in readers.into_iter().zip(clients) {
+        let (room, url) = (room.clone(), cluster.url(1));
+        moves.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            // Served on until told to move; then it moves when told.
+            let notice = client.expect("server:draining").await;
+            let told = Instant::now();
+            let after = notice["reconnectAfterMs"].as_u64().unwrap();
+            assert!(after < 2_000, "{notice}");
+            let leave = told + Duration::from_millis(after);
+            seen.read_until(&mut client, Duration::from_millis(20), leave)
+                .await;
+            tokio::time::sleep_until(leave.into()).await;
+            client.expect_none("error", Duration::ZERO).await;
+            let (moved, answer) =
+                resume(&url, reader, &client.connected, &room, seen.last_seq).await;
+            assert_eq!(answer["resume"]["recovered"], true, "{answer}");
+            drop(client);
+            (reader, seen, moved, started.elapsed())
+        }));
+    }
+    let acked = sending.await.unwrap();
+    for moving in moves {
+        let (reader, mut seen, mut moved, took) = moving.await.unwrap();
+        println!("SIGTERM gateway: {reader} moved {took:?} after the signal");
+        seen.read(&mut moved, Duration::from_secs(2)).await;
+        moved.expect_none("error", Duration::ZERO).await;
+        seen.check("SIGTERM gateway (drain)", reader, &acked);
     }
 }

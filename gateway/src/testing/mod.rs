@@ -125,6 +125,8 @@ pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
         "1s",
         "--request-timeout",
         "2s",
+        "--drain-time",
+        "1s",
     ];
     args.extend_from_slice(extra);
     let settings = Cli::try_parse_from(args)
