@@ -764,6 +764,11 @@ impl Session {
     ) -> Result<Reply, RequestError> {
         let shared = &self.gateway.shared;
         let mut message = validation::new_message(data, &self.identity.user_id, &shared.limits)?;
+        if shared.client.connection_state() != async_nats::connection::State::Connected {
+            // Fails fast instead of waiting out the timeout: the client retries, with the same
+            // `clientMessageId`, which never makes a second message.
+            return Err(RequestError::unavailable());
+        }
         self.require_member(&message.conversation_id).await?;
         message.created_at_ms = now_ms();
         let dedup_id = message
@@ -809,15 +814,25 @@ impl Session {
         };
         event.seq = stored.seq;
         shared.hub.observe(stored.seq);
+        // A duplicate is the first send's message, as it was stored. It is announced again: the
+        // first announcement may have been lost with the first ack (members drop what they have).
         let original = if stored.duplicate {
-            // The first send's message, as it was stored; it was announced then.
             shared.reader.original(stored.seq).await.ok().flatten()
         } else {
-            if let Err(error) = bus::publish_live(&shared.client, &event).await {
-                tracing::warn!(%error, "live publish failed; members fill from the stream");
-            }
             None
         };
+        let again = original.as_ref().map(|message| ConversationEvent {
+            seq: stored.seq,
+            conversation_id: event.conversation_id.clone(),
+            kind: Some(Kind::MessageCreated(v1::MessageCreated {
+                message: Some(message.clone()),
+            })),
+        });
+        if let Err(error) =
+            bus::publish_live(&shared.client, again.as_ref().unwrap_or(&event)).await
+        {
+            tracing::warn!(%error, "live publish failed; members fill from the stream");
+        }
         let Some(Kind::MessageCreated(v1::MessageCreated {
             message: Some(message),
         })) = &mut event.kind

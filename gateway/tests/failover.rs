@@ -353,3 +353,89 @@ async fn readers_of_a_draining_gateway_move_without_an_error_or_a_lost_message()
         seen.check("SIGTERM gateway (drain)", reader, &acked);
     }
 }
+
+/// Waits until gateway `admin` says ready (`true`) or not.
+async fn wait_ready(admin: SocketAddr, ready: bool) {
+    let deadline = Instant::now() + WAIT;
+    while get(admin, "/readyz").await.starts_with("HTTP/1.1 200") != ready {
+        assert!(
+            Instant::now() < deadline,
+            "readiness did not become {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_nats_restart_fails_sends_fast_and_loses_no_acked_message() {
+    let mut cluster = Cluster::start().await;
+    let mut alice = cluster.client(0, "alice").await;
+    let room = create_room(&mut alice, &["bob"]).await;
+    let mut bob = cluster.client(1, "bob").await;
+    let send = |n: u64| json!({ "conversationId": room, "content": format!("n-{n}"), "clientMessageId": format!("m-{n}") });
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        alice.ok("message:send", send(n)).await;
+        acked.push(n);
+    }
+
+    cluster.nats.kill();
+    let stopped = Instant::now();
+    wait_ready(cluster.gateways[0].admin, false).await;
+    let mut failed = 0;
+    for n in 20..25 {
+        let asked = Instant::now();
+        let answer = alice.request("message:send", send(n)).await;
+        assert_eq!(answer["data"]["code"], "UNAVAILABLE", "{answer}");
+        assert_eq!(answer["data"]["recoverable"], true);
+        // Not the 2 s the stream's ack may take: the gateway knows NATS is away.
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        failed += 1;
+    }
+
+    cluster.nats.restart();
+    for gateway in &cluster.gateways {
+        wait_ready(gateway.admin, true).await;
+    }
+    println!(
+        "nats restart: gateways ready again {:?} after the kill",
+        stopped.elapsed()
+    );
+    // The failed sends retried with their ids, then more; each makes one message.
+    for n in 20..40 {
+        let mut answer = alice.request("message:send", send(n)).await;
+        let deadline = Instant::now() + WAIT;
+        while answer["event"] != "ack" && Instant::now() < deadline {
+            // The worker's stream consumer may still be reconnecting.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer = alice.request("message:send", send(n)).await;
+        }
+        assert_eq!(answer["event"], "ack", "{answer}");
+        acked.push(n);
+    }
+    let retried = alice.ok("message:send", send(20)).await;
+    assert_eq!(retried["message"]["content"], "n-20");
+
+    // Bob never reconnected: his gateway subscribed again by itself.
+    let mut seen = Seen::default();
+    seen.read(&mut bob, Duration::from_secs(1)).await;
+    println!("nats restart: sends failed during the outage: {failed}");
+    seen.check("nats restart", "bob", &acked);
+    let synced = bob
+        .ok(
+            "messages:sync",
+            json!({ "conversationId": room, "limit": 100 }),
+        )
+        .await;
+    let stored: Vec<&str> = synced["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(stored.len(), 40, "{stored:?}");
+}
