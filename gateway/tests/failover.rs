@@ -215,6 +215,7 @@ impl GatewayProcess {
             ])
             .args(["--nats-url", nats_url, "--jwt-secret", SECRET])
             .args(extra)
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chat-gateway starts");

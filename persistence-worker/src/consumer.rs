@@ -2,13 +2,16 @@
 //!
 //! A batch starts with the first event that arrives and takes what follows within the batch
 //! wait, up to the batch size. It is written in one transaction that also advances the committed
-//! position; only then is the batch acknowledged (ack-all, by its last event). A failed write is retried (nothing is acked),
-//! so a crash at any point leads to redelivery, which the conditional writes absorb.
+//! position; only then is the batch acknowledged (ack-all, by its last event). A failed write is
+//! retried (nothing is acked). A worker that starts creates the consumer anew after the store's
+//! committed position, so after a crash at any point the next worker reads on at once from
+//! there; the conditional writes absorb what was written but not acked.
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind, Stream};
 use chat_proto::{bus, subjects};
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
@@ -45,6 +48,10 @@ pub async fn check_stream_position<S: Store>(
     Ok(())
 }
 
+fn is_not_found(error: &ConsumerError) -> bool {
+    matches!(error.kind(), ConsumerErrorKind::JetStream(e) if e.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 /// Consumes until `shutdown`.
 pub async fn run<S: Store>(
     stream: Stream,
@@ -65,26 +72,15 @@ pub async fn run<S: Store>(
         ..Default::default()
     };
     let nats = |e: &dyn std::fmt::Display| WorkerError::Nats(e.to_string());
-    let mut consumer: PullConsumer = stream
-        .get_or_create_consumer(subjects::WORKER_CONSUMER, config.clone())
-        .await
-        .map_err(|e| nats(&e))?;
-    if consumer
-        .info()
-        .await
-        .map_err(|e| nats(&e))?
-        .config
-        .ack_policy
-        != AckPolicy::All
-    {
-        // A consumer made by an older worker: replace it, starting after what the store has.
-        tracing::info!("replacing the consumer to acknowledge by batch");
-        stream
-            .delete_consumer(subjects::WORKER_CONSUMER)
-            .await
-            .map_err(|e| nats(&e))?;
-        consumer = stream.create_consumer(config).await.map_err(|e| nats(&e))?;
+    // The store knows what is written: the consumer starts anew after it. Kept, it would hold
+    // back what it had delivered to a worker that died (until its ack wait, 30 s) and hand out
+    // only newer events meanwhile.
+    match stream.delete_consumer(subjects::WORKER_CONSUMER).await {
+        Ok(_) => tracing::info!(committed, "consumer replaced at the store's position"),
+        Err(error) if is_not_found(&error) => {}
+        Err(error) => return Err(nats(&error)),
     }
+    let consumer: PullConsumer = stream.create_consumer(config).await.map_err(|e| nats(&e))?;
     let mut messages = consumer
         .messages()
         .await
