@@ -122,11 +122,11 @@ struct Setup {
 
 impl Setup {
     async fn start(gateways: usize, limit: u32) -> Self {
-        Self::start_with(gateways, limit, 1).await
+        Self::start_with(gateways, limit, 1, &[]).await
     }
 
-    /// With `routers` routers sharing the users.
-    async fn start_with(gateways: usize, limit: u32, routers: usize) -> Self {
+    /// With `routers` routers sharing the users, and more `flags` for the gateways.
+    async fn start_with(gateways: usize, limit: u32, routers: usize, flags: &[&str]) -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
         let mut started = Vec::new();
@@ -150,8 +150,9 @@ impl Setup {
         };
         for i in 0..gateways {
             let node_id = format!("gw-{i}");
-            let flags = ["--router-urls", router_url.as_str(), "--node-id", &node_id];
-            let gateway = testing::start_gateway(&setup.nats.url(), &flags).await;
+            let mut all = vec!["--router-urls", router_url.as_str(), "--node-id", &node_id];
+            all.extend_from_slice(flags);
+            let gateway = testing::start_gateway(&setup.nats.url(), &all).await;
             setup.gateways.push(gateway);
         }
         for gateway in &setup.gateways {
@@ -398,16 +399,39 @@ async fn a_router_restart_loses_no_session_and_sends_no_false_offline() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    alice
-        .ok(
-            "message:send",
-            json!({ "conversationId": room, "content": "still here" }),
-        )
-        .await;
-    assert_eq!(
-        bob.expect("message:new").await["message"]["content"],
-        "still here"
+    // A numbered sequence while the router is away: all of it arrives, once, in order.
+    let mut acked = Vec::new();
+    for n in 0..50 {
+        let data = json!({ "conversationId": room, "content": format!("n-{n}") });
+        if alice.request("message:send", data).await["event"] == "ack" {
+            acked.push(n);
+        }
+    }
+    let mut delivered = Vec::new();
+    while let Some(push) = bob.expect_within("message:new", QUIET).await {
+        let content = push["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        delivered.extend(
+            content
+                .strip_prefix("n-")
+                .and_then(|n| n.parse::<u64>().ok()),
+        );
+    }
+    let missing = acked.iter().filter(|n| !delivered.contains(n)).count();
+    let duplicated = delivered.len()
+        - delivered
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+    println!(
+        "kill -9 router: acked {}, delivered {}, missing {missing}, duplicated {duplicated}",
+        acked.len(),
+        delivered.len()
     );
+    assert_eq!((missing, duplicated), (0, 0));
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "out of order");
     assert_eq!(
         alice
             .fails("presence:query", json!({ "userIds": ["bob"] }))
@@ -484,7 +508,7 @@ async fn events_for_one_user_go_only_to_the_nodes_that_hold_them() {
 
 #[tokio::test]
 async fn two_routers_share_the_users() {
-    let setup = Setup::start_with(2, 2, 2).await;
+    let setup = Setup::start_with(2, 2, 2, &[]).await;
     let users: Vec<String> = (0..6).map(|i| format!("user-{i}")).collect();
     let mut observer = setup.client(0, "observer").await;
     let names: Vec<&str> = users.iter().map(String::as_str).collect();
@@ -513,4 +537,42 @@ async fn two_routers_share_the_users() {
     for user in &users {
         assert_eq!(statuses["statuses"][user], "online");
     }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_is_cleaned_up_everywhere_within_the_timeout() {
+    let flags = ["--ping-interval", "200ms", "--idle-timeout", "1s"];
+    let setup = Setup::start_with(2, 5, 1, &flags).await;
+    let mut bob = setup.client(0, "bob").await;
+    let room = create_room(&mut bob, &["alice"]).await;
+    let mut alice = setup.client(1, "alice").await;
+    bob.expect("user:online").await;
+    alice
+        .ok("typing:start", json!({ "conversationId": room }))
+        .await;
+    assert_eq!(bob.expect("typing").await["isTyping"], true);
+
+    // Alice's phone goes silent: no frame, no pong (a client answers pings only as it reads).
+    let silent = Instant::now();
+    let typing = bob
+        .expect_within("typing", WAIT)
+        .await
+        .expect("typing ends");
+    assert_eq!(
+        (user_of(&typing), typing["isTyping"].as_bool()),
+        ("alice", Some(false))
+    );
+    let offline = bob
+        .expect_within("user:offline", WAIT)
+        .await
+        .expect("alice goes offline");
+    assert_eq!(user_of(&offline), "alice");
+    let took = silent.elapsed();
+    println!("silent client: typing ended and offline {took:?} after it went silent");
+    // The idle timeout (1 s), then the router's offline delay (0.5 s) and window.
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let metrics = get(setup.gateways[1].admin, "/metrics").await;
+    assert!(metrics.contains("chat_gateway_connections 0"), "{metrics}");
+    assert!(metrics.contains("chat_gateway_rooms 0"), "{metrics}");
+    drop(alice);
 }
