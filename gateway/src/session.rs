@@ -475,8 +475,8 @@ impl Session {
     /// Ends the hold of conversation events, the replay first.
     fn release(&self, replay: Option<resume::Replay>) {
         match replay {
-            Some(replay) => self.outbox.release(replay.frames, &replay.covered),
-            None => self.outbox.release(Vec::new(), &HashMap::new()),
+            Some(replay) => self.outbox.release(replay.frames, replay.covered),
+            None => self.outbox.release(Vec::new(), HashMap::new()),
         }
     }
 
