@@ -793,6 +793,17 @@ impl Hub {
         }
     }
 
+    /// A local user's conversations changed: their presence audience follows.
+    fn tell_router_conversations(&self, user_id: &str) {
+        let Some(router) = &self.inner.router else {
+            return;
+        };
+        if let Some(socket) = self.sockets_of(user_id).first() {
+            let rooms = self.rooms_of(socket.id);
+            router.conversations(user_id, rooms.iter().map(|c| c.to_string()).collect());
+        }
+    }
+
     async fn on_user_event(&self, event: v1::UserEvent) {
         match event.kind {
             Some(user_event::Kind::Joined(joined)) => {
@@ -805,15 +816,11 @@ impl Hub {
                     "conversation:joined"
                 };
                 self.user_joined(&event.user_id, &conversation, name).await;
-                if let Some(router) = &self.inner.router {
-                    router.membership_changed(&event.user_id, &conversation.id, true);
-                }
+                self.tell_router_conversations(&event.user_id);
             }
             Some(user_event::Kind::Removed(removed)) => {
                 self.user_removed(&event.user_id, &removed.conversation_id);
-                if let Some(router) = &self.inner.router {
-                    router.membership_changed(&event.user_id, &removed.conversation_id, false);
-                }
+                self.tell_router_conversations(&event.user_id);
             }
             None => {}
         }

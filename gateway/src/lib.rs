@@ -215,7 +215,7 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Nats(e.to_string()))?;
     if let Some(router) = &router {
-        router.start();
+        router.start(hub.clone());
     }
     let presence_changes = client
         .subscribe(subjects::PRESENCE)

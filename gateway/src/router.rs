@@ -13,11 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_proto::routing::Routers;
+use chat_proto::subjects::fnv1a;
 use chat_proto::v1::{self, node_update, router_update};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::hub::{Hub, SocketId};
 
 /// Updates waiting to go to one router.
 const OUTBOUND: usize = 1_024;
@@ -47,12 +50,27 @@ struct Link {
     departed: Vec<v1::Session>,
 }
 
+/// A live session of the node, as small as it can be (one per socket): its conversations are
+/// the hub's, read when a stream (re)attaches.
+struct Local {
+    user_id: Arc<str>,
+    socket: SocketId,
+    status: i32,
+}
+
+/// A session id (32 hex digits) as a compact key.
+fn key(session_id: &str) -> u128 {
+    u128::from_str_radix(session_id, 16).unwrap_or_else(|_| u128::from(fnv1a(session_id)))
+}
+
 struct Inner {
     routers: Routers,
     node_id: String,
     timeout: Duration,
     /// Every live session of the node, by session id.
-    sessions: Mutex<HashMap<String, v1::Session>>,
+    sessions: Mutex<HashMap<u128, Local>>,
+    /// The node's rooms, for the conversations of a `Hello` (set by `start`, dropped by `stop`).
+    hub: Mutex<Option<Hub>>,
     links: Vec<Mutex<Link>>,
     up: Vec<AtomicBool>,
     next_request: AtomicU64,
@@ -77,6 +95,7 @@ impl RouterLink {
                 node_id,
                 timeout,
                 sessions: Mutex::default(),
+                hub: Mutex::default(),
                 links,
                 up,
                 next_request: AtomicU64::new(1),
@@ -91,8 +110,9 @@ impl RouterLink {
         &self.inner.routers
     }
 
-    /// Starts one attachment task per router.
-    pub fn start(&self) {
+    /// Starts one attachment task per router; `hub` tells the sessions' conversations.
+    pub fn start(&self, hub: Hub) {
+        *self.inner.hub.lock().expect("hub lock poisoned") = Some(hub);
         for index in 0..self.inner.routers.len() {
             self.inner.tracker.spawn(self.clone().attach_loop(index));
         }
@@ -104,6 +124,23 @@ impl RouterLink {
         self.inner.token.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        self.inner.hub.lock().expect("hub lock poisoned").take();
+    }
+
+    /// A session as the router sees it, with its socket's conversations.
+    fn session(&self, session_id: u128, local: &Local) -> v1::Session {
+        let hub = self.inner.hub.lock().expect("hub lock poisoned");
+        let rooms = hub.as_ref().map(|hub| hub.rooms_of(local.socket));
+        v1::Session {
+            user_id: local.user_id.to_string(),
+            session_id: format!("{session_id:032x}"),
+            status: local.status,
+            conversation_ids: rooms
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        }
     }
 
     /// The routers that cannot be reached now, as "index/count" for health reports.
@@ -115,14 +152,30 @@ impl RouterLink {
 
     /// Registers a new session and waits for its admission. Fails open: without an answer in
     /// time (router down or slow), the session is admitted and stays registered with the node.
-    pub async fn open(&self, session: v1::Session, replaces: Option<String>) -> Admission {
-        let index = self.inner.routers.owner(&session.user_id);
-        let session_id = session.session_id.clone();
+    pub async fn open(
+        &self,
+        user_id: &Arc<str>,
+        session_id: &str,
+        socket: SocketId,
+        replaces: Option<String>,
+    ) -> Admission {
+        let index = self.inner.routers.owner(user_id);
+        let session = v1::Session {
+            user_id: user_id.to_string(),
+            session_id: session_id.to_owned(),
+            status: v1::Status::Online.into(),
+            conversation_ids: Vec::new(),
+        };
         let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let (answer, admission) = oneshot::channel();
         let sent = {
             let mut sessions = self.inner.sessions.lock().expect("sessions lock poisoned");
-            sessions.insert(session_id.clone(), session.clone());
+            let local = Local {
+                user_id: Arc::clone(user_id),
+                socket,
+                status: v1::Status::Online.into(),
+            };
+            sessions.insert(key(session_id), local);
             let mut link = self.link(index);
             let update = v1::NodeUpdate {
                 kind: Some(node_update::Kind::Opened(v1::Opened {
@@ -149,7 +202,7 @@ impl RouterLink {
                     .sessions
                     .lock()
                     .expect("sessions lock poisoned")
-                    .remove(&session_id);
+                    .remove(&key(session_id));
                 Admission::Refused {
                     limit: admission.limit,
                 }
@@ -163,19 +216,20 @@ impl RouterLink {
         }
     }
 
-    /// A session ended.
+    /// A session ended (told before its socket leaves its rooms).
     pub fn close(&self, user_id: &str, session_id: &str) {
-        let Some(session) = self
+        let id = key(session_id);
+        let Some(local) = self
             .inner
             .sessions
             .lock()
             .expect("sessions lock poisoned")
-            .remove(session_id)
+            .remove(&id)
         else {
             return;
         };
         let index = self.inner.routers.owner(user_id);
-        let mut link = self.link(index);
+        let link = self.link(index);
         let update = v1::NodeUpdate {
             kind: Some(node_update::Kind::Closed(v1::Closed {
                 user_id: user_id.to_owned(),
@@ -187,6 +241,9 @@ impl RouterLink {
             .as_ref()
             .is_some_and(|updates| updates.try_send(update).is_ok());
         if !sent {
+            drop(link);
+            let session = self.session(id, &local);
+            let mut link = self.link(index);
             link.departed.retain(|s| s.user_id != user_id);
             if link.departed.len() >= MAX_DEPARTED {
                 link.departed.remove(0);
@@ -195,51 +252,17 @@ impl RouterLink {
         }
     }
 
-    /// A session found its user's conversations (who hears of the user's presence).
-    pub fn conversations(&self, user_id: &str, session_id: &str, conversation_ids: Vec<String>) {
-        if let Some(session) = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions lock poisoned")
-            .get_mut(session_id)
-        {
-            session.conversation_ids.clone_from(&conversation_ids);
-        }
+    /// A user's conversations, as a session found them at connect or after a membership
+    /// change (who hears of the user's presence).
+    pub fn conversations(&self, user_id: &str, conversation_ids: Vec<String>) {
         self.send(
             user_id,
             node_update::Kind::Conversations(v1::Conversations {
                 user_id: user_id.to_owned(),
-                session_id: session_id.to_owned(),
+                session_id: String::new(),
                 conversation_ids,
             }),
         );
-    }
-
-    /// A user joined or left a conversation: their sessions' audience follows.
-    pub fn membership_changed(&self, user_id: &str, conversation_id: &str, joined: bool) {
-        let found = {
-            let mut sessions = self.inner.sessions.lock().expect("sessions lock poisoned");
-            let mut found = None;
-            for session in sessions.values_mut().filter(|s| s.user_id == user_id) {
-                session.conversation_ids.retain(|c| c != conversation_id);
-                if joined {
-                    session.conversation_ids.push(conversation_id.to_owned());
-                }
-                found = Some((session.session_id.clone(), session.conversation_ids.clone()));
-            }
-            found
-        };
-        if let Some((session_id, conversation_ids)) = found {
-            self.send(
-                user_id,
-                node_update::Kind::Conversations(v1::Conversations {
-                    user_id: user_id.to_owned(),
-                    session_id,
-                    conversation_ids,
-                }),
-            );
-        }
     }
 
     /// A user set their status (it applies to all their sessions).
@@ -250,7 +273,7 @@ impl RouterLink {
             .lock()
             .expect("sessions lock poisoned")
             .values_mut()
-            .filter(|s| s.user_id == user_id)
+            .filter(|s| *s.user_id == *user_id)
         {
             session.status = status.into();
         }
@@ -324,9 +347,9 @@ impl RouterLink {
             let hello = v1::Hello {
                 node_id: self.inner.node_id.clone(),
                 sessions: sessions
-                    .values()
-                    .filter(|s| routers.owner(&s.user_id) == index)
-                    .cloned()
+                    .iter()
+                    .filter(|(_, local)| routers.owner(&local.user_id) == index)
+                    .map(|(&id, local)| self.session(id, local))
                     .collect(),
                 departed: std::mem::take(&mut link.departed),
             };

@@ -422,7 +422,7 @@ impl Session {
         }
         if let Some(router) = &shared.router {
             let ids = rooms.iter().map(|c| c.id.clone()).collect();
-            router.conversations(&self.identity.user_id, &self.session_id, ids);
+            router.conversations(&self.identity.user_id, ids);
         }
         let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
         let mut payload = json!({
@@ -443,13 +443,10 @@ impl Session {
         let Some(router) = &self.gateway.shared.router else {
             return Admission::Admitted;
         };
-        let session = v1::Session {
-            user_id: self.identity.user_id.to_string(),
-            session_id: self.session_id.clone(),
-            status: v1::Status::Online.into(),
-            conversation_ids: Vec::new(),
-        };
-        router.open(session, replaces).await
+        let user_id = &self.identity.user_id;
+        router
+            .open(user_id, &self.session_id, self.socket.id, replaces)
+            .await
     }
 
     /// Reads what the socket missed (its outbox holds its conversation events meanwhile): the
@@ -519,7 +516,13 @@ impl Session {
         let shutting_down = shutdown.cancelled();
         tokio::pin!(evicted, shutting_down);
         loop {
+            // One timer for the typing expiry, the resume wait and the drain: a timer future
+            // per purpose would sit in every idle socket's task.
             let typing_due = self.typing.values().min().copied();
+            let due = [typing_due, self.resume_wait, drain_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 _ = &mut evicted => return,
                 () = &mut shutting_down, if drain_deadline.is_none() => {
@@ -528,18 +531,23 @@ impl Session {
                     self.emit(client::push("server:draining", json!({ "reconnectAfterMs": spread })));
                     drain_deadline = Some(Instant::now() + drain_time);
                 }
-                () = sleep_until_opt(drain_deadline) => {
-                    self.close(close::RESTARTING);
-                    return;
-                }
                 Some(outcome) = pending.next(), if !pending.is_empty() => {
                     Box::pin(self.finish_send(outcome)).await;
                 }
-                () = sleep_until_opt(typing_due) => Box::pin(self.expire_typing()).await,
-                () = sleep_until_opt(self.resume_wait) => {
-                    // No `resume` in time: the socket goes on without a replay.
-                    self.resume_wait = None;
-                    self.release(None);
+                () = sleep_until_opt(due) => {
+                    let now = Instant::now();
+                    if drain_deadline.is_some_and(|d| d <= now) {
+                        self.close(close::RESTARTING);
+                        return;
+                    }
+                    if self.resume_wait.is_some_and(|d| d <= now) {
+                        // No `resume` in time: the socket goes on without a replay.
+                        self.resume_wait = None;
+                        self.release(None);
+                    }
+                    if typing_due.is_some_and(|d| d <= now) {
+                        Box::pin(self.expire_typing()).await;
+                    }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
@@ -584,10 +592,10 @@ impl Session {
         for conversation_id in typing {
             self.publish_typing(&conversation_id, false).await;
         }
-        self.gateway.shared.hub.unregister(&self.socket);
         if let Some(router) = &self.gateway.shared.router {
             router.close(&self.identity.user_id, &self.session_id);
         }
+        self.gateway.shared.hub.unregister(&self.socket);
         self.outbox.close();
     }
 
