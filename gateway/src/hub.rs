@@ -793,8 +793,9 @@ impl Hub {
         }
     }
 
-    /// A local user's conversations changed: their presence audience follows.
-    fn tell_router_conversations(&self, user_id: &str) {
+    /// Tells the router a local user's conversations (who hears of their presence), when they
+    /// are first known and after each change.
+    pub fn tell_router_conversations(&self, user_id: &str) {
         let Some(router) = &self.inner.router else {
             return;
         };

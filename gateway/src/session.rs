@@ -420,10 +420,7 @@ impl Session {
         for joined in futures_util::future::join_all(joins).await {
             joined?;
         }
-        if let Some(router) = &shared.router {
-            let ids = rooms.iter().map(|c| c.id.clone()).collect();
-            router.conversations(&self.identity.user_id, ids);
-        }
+        shared.hub.tell_router_conversations(&self.identity.user_id);
         let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
         let mut payload = json!({
             "userId": &*self.identity.user_id,

@@ -1,15 +1,16 @@
 //! The worker killed for real (SIGKILL) in the middle of its batches, then started again: the
 //! store ends with every acked message exactly once.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_persistence_worker::store::sqlite::SqliteStore;
 use chat_persistence_worker::store::{Store, Window};
+use chat_proto::bus;
 use chat_proto::testing::NatsServer;
-use chat_proto::v1::{ChatMessage, ConversationEvent, MessageCreated, conversation_event::Kind};
-use chat_proto::{bus, subjects};
 
 /// A worker process, killed (SIGKILL) when dropped.
 struct Worker(Child);
@@ -31,21 +32,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn message(n: u64) -> ConversationEvent {
-    ConversationEvent {
-        seq: 0,
-        conversation_id: "c1".into(),
-        kind: Some(Kind::MessageCreated(MessageCreated {
-            message: Some(ChatMessage {
-                sender_id: "alice".into(),
-                r#type: "chat".into(),
-                content: format!("n-{n}"),
-                ..Default::default()
-            }),
-        })),
     }
 }
 
@@ -74,14 +60,7 @@ async fn a_worker_killed_mid_batch_stores_every_acked_message_once_after_a_resta
     let worker = Worker::start(&nats, &db);
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while js.get_stream(subjects::STREAM).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not create the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_stream(&js).await;
 
     // A writer at a steady 1,000 a second while the worker dies and comes back.
     let writer = tokio::spawn(async move {
@@ -89,7 +68,10 @@ async fn a_worker_killed_mid_batch_stores_every_acked_message_once_after_a_resta
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         for n in 0..1_500 {
             tick.tick().await;
-            if bus::publish(&js, &client, message(n), None).await.is_ok() {
+            if bus::publish(&js, &client, common::message(format!("n-{n}")), None)
+                .await
+                .is_ok()
+            {
                 acked.push(n);
             }
         }

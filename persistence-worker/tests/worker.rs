@@ -1,14 +1,15 @@
 //! The worker against a real nats-server: it stores what the stream holds, and refuses a stream
 //! that would reuse the store's message ids.
 
+mod common;
+
 use std::time::Duration;
 
 use chat_persistence_worker::store::sqlite::SqliteStore;
 use chat_persistence_worker::store::{Store, Window};
 use chat_persistence_worker::{Config, WorkerError};
+use chat_proto::bus;
 use chat_proto::testing::NatsServer;
-use chat_proto::v1::{ChatMessage, ConversationEvent, MessageCreated, conversation_event::Kind};
-use chat_proto::{bus, subjects};
 use clap::Parser as _;
 use tokio::sync::oneshot;
 
@@ -26,24 +27,9 @@ fn config(nats: &NatsServer, db: &std::path::Path) -> Config {
 async fn publish_messages(nats: &NatsServer, count: usize) {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while js.get_stream(subjects::STREAM).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "no stream");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_stream(&js).await;
     for i in 0..count {
-        let event = ConversationEvent {
-            seq: 0,
-            conversation_id: "c1".into(),
-            kind: Some(Kind::MessageCreated(MessageCreated {
-                message: Some(ChatMessage {
-                    sender_id: "alice".into(),
-                    r#type: "chat".into(),
-                    content: format!("m{i}"),
-                    ..Default::default()
-                }),
-            })),
-        };
+        let event = common::message(format!("m{i}"));
         bus::publish(&js, &client, event, None).await.unwrap();
     }
 }
