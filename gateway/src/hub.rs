@@ -477,12 +477,16 @@ impl Hub {
             let Some(rooms) = registry.socket_rooms.get_mut(&socket.id) else {
                 return Ok(()); // The socket is gone.
             };
-            let conversation_id: Arc<str> = conversation_id.into();
-            rooms.insert(Arc::clone(&conversation_id));
-            let shard = subjects::live_shard(&conversation_id);
-            let room = match registry.rooms.get(&conversation_id) {
-                Some(room) => Arc::clone(room),
+            let shard = subjects::live_shard(conversation_id);
+            // The room's id is shared by its members' sets, not copied into each.
+            let room = match registry.rooms.get_key_value(conversation_id) {
+                Some((id, room)) => {
+                    rooms.insert(Arc::clone(id));
+                    Arc::clone(room)
+                }
                 None => {
+                    let conversation_id: Arc<str> = conversation_id.into();
+                    rooms.insert(Arc::clone(&conversation_id));
                     let room = Arc::new(Room {
                         // Most rooms have one local member (a direct conversation).
                         members: Mutex::new(Vec::with_capacity(1)),

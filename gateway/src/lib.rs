@@ -278,7 +278,9 @@ pub async fn run(
                     stream,
                     peer,
                     permit,
-                    sessions.child_token(),
+                    // A clone, not a child token: a child per socket costs a node in the token's
+                    // tree (112 bytes) and a lock at every connect and close.
+                    sessions.clone(),
                 ));
             }
             Err(error) => {

@@ -1,6 +1,6 @@
 //! A socket's bounded outbound queue. Unlike a channel it allocates nothing while empty (a
 //! tokio channel allocates a block of slots up front), which matters at thousands of idle
-//! sockets a node; it shrinks back after a burst. Pushes never wait: a full queue is the
+//! sockets a node; it gives its memory back whenever it empties. Pushes never wait: a full queue is the
 //! caller's to handle (drop an ephemeral push, or evict the socket).
 //!
 //! During a resume the queue is held: conversation events wait (everything else goes out), the
@@ -17,9 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// Capacity kept after the queue empties; beyond it the memory goes back.
-const KEEP_CAPACITY: usize = 16;
 
 /// What a socket's writer sends.
 #[derive(Debug)]
@@ -131,7 +128,8 @@ impl Outbox {
         } else {
             items.pop_front()
         };
-        if items.is_empty() && items.capacity() > KEEP_CAPACITY {
+        if items.is_empty() {
+            // An idle socket keeps no slots (four would be 224 bytes in each).
             *items = VecDeque::new();
         }
         item

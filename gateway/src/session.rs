@@ -21,17 +21,18 @@ use chat_proto::client::{
 use chat_proto::subjects;
 use chat_proto::timestamp::{iso8601, now_ms};
 use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
-use futures_util::stream::{FuturesOrdered, SplitSink};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, http};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -55,11 +56,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 64;
 /// How long an evicted socket's writer keeps trying to deliver what it holds and the close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// Largest fragment of a socket's first frame (see `write_frames`).
+const FIRST_FRAGMENT: usize = 256;
 /// Longest event name echoed back in an error.
 const MAX_ECHOED_EVENT_CHARS: usize = 64;
 
 type WsStream = WebSocketStream<TcpStream>;
-type PendingSend = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
+/// A send awaiting the stream. Its outcome is boxed: it would otherwise widen the request
+/// loop's state, held by every idle socket, by its 312 bytes.
+type PendingSend = Pin<Box<dyn Future<Output = Box<SendOutcome>> + Send>>;
 
 struct SendOutcome {
     request_id: Option<String>,
@@ -101,7 +106,9 @@ pub async fn serve(
             callback,
             Some(gateway.shared.ws_config),
         );
-        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        // Boxed, like every step but the request loop: the task of an idle socket holds only
+        // the loop's state, not the largest step's.
+        let ws = match Box::pin(tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
                 tracing::debug!(%error, "upgrade refused or failed");
@@ -112,7 +119,17 @@ pub async fn serve(
                 return;
             }
         };
-        run(gateway, ws, upgrade, shutdown).await;
+        let (sink, frames) = ws.split();
+        let outbox = Arc::new(Outbox::new(gateway.shared.settings.config.outbox_frames));
+        let eviction = Arc::new(Eviction::default());
+        let writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), Arc::clone(&eviction)));
+        let socket = Socket {
+            frames,
+            outbox,
+            eviction,
+            writer,
+        };
+        run(gateway, socket, upgrade, shutdown).await;
     }
     .instrument(span)
     .await;
@@ -186,27 +203,57 @@ fn check_upgrade(
     Ok(response)
 }
 
-async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: CancellationToken) {
-    let shared = &gateway.shared;
-    let (sink, mut frames) = ws.split();
-    let outbox = Arc::new(Outbox::new(shared.settings.config.outbox_frames));
-    let eviction = Arc::new(Eviction::default());
-    let mut writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), Arc::clone(&eviction)));
+type Frames = SplitStream<WsStream>;
 
+/// An upgraded connection: its incoming frames, and its outbox with the writer that drains it.
+struct Socket {
+    frames: Frames,
+    outbox: Arc<Outbox>,
+    eviction: Arc<Eviction>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+async fn run(gateway: Gateway, socket: Socket, upgrade: Upgrade, shutdown: CancellationToken) {
+    let Socket {
+        mut frames,
+        outbox,
+        eviction,
+        mut writer,
+    } = socket;
+    let opened = Box::pin(open(gateway, &mut frames, upgrade, outbox, eviction)).await;
+    let Some(mut session) = opened else {
+        end_writer(&mut writer).await;
+        return;
+    };
+    let mut pending = FuturesOrdered::new();
+    session.serve(&mut frames, &mut pending, shutdown).await;
+    Box::pin(session.finish(pending)).await;
+    end_writer(&mut writer).await;
+}
+
+/// Authenticates the socket, admits it, joins its rooms and answers `connected` (with the
+/// replay of a resume): the session to serve, or `None` when the socket was refused (it has
+/// been told why, and its close is queued).
+async fn open(
+    gateway: Gateway,
+    frames: &mut Frames,
+    upgrade: Upgrade,
+    outbox: Arc<Outbox>,
+    eviction: Arc<Eviction>,
+) -> Option<Session> {
+    let shared = &gateway.shared;
     let resume_query = upgrade.resume;
-    let (identity, request_id, resume) =
-        match Box::pin(authenticate(&gateway, upgrade, &mut frames)).await {
-            Ok(found) => found,
-            Err((code, frame)) => {
-                if let Some(frame) = frame {
-                    let _ = outbox.try_push(Outbound::Text(frame.into()));
-                }
-                let _ = outbox.try_push(Outbound::Close(code, close_reason(code)));
-                outbox.close();
-                end_writer(&mut writer).await;
-                return;
+    let (identity, request_id, resume) = match authenticate(&gateway, upgrade, frames).await {
+        Ok(found) => found,
+        Err((code, frame)) => {
+            if let Some(frame) = frame {
+                let _ = outbox.try_push(Outbound::Text(frame.into()));
             }
-        };
+            let _ = outbox.try_push(Outbound::Close(code, close_reason(code)));
+            outbox.close();
+            return None;
+        }
+    };
     tracing::Span::current().record("user_id", &*identity.user_id);
     let socket = SocketHandle::new(
         shared.next_socket_id.fetch_add(1, Ordering::Relaxed),
@@ -242,7 +289,6 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
         // Conversation events wait from before the rooms are joined until the replay is in.
         session.outbox.hold();
     }
-    let mut pending = FuturesOrdered::new();
     // Registered with the router before the rooms are fetched: an event addressed to the user
     // from now on finds this node through the router, and one before is in the rooms.
     if let Admission::Refused { limit } = session.admit(replaces).await {
@@ -251,14 +297,13 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
         let error = RequestError::forbidden(message);
         session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
         session.close(close::OVER_LIMIT);
-        Box::pin(session.finish(pending)).await;
-        end_writer(&mut writer).await;
-        return;
+        session.finish(FuturesOrdered::new()).await;
+        return None;
     }
-    match Box::pin(session.connected()).await {
+    match session.connected().await {
         Ok(mut payload) => {
             let replayed = match resumed {
-                Some(Ok((_, positions))) => Some(Box::pin(session.replay(&positions)).await),
+                Some(Ok((_, positions))) => Some(session.replay(&positions).await),
                 Some(Err(error)) => {
                     payload["resume"] = json!({ "recovered": false, "error": error.message });
                     None
@@ -277,16 +322,16 @@ async fn run(gateway: Gateway, ws: WsStream, upgrade: Upgrade, shutdown: Cancell
             } else if session.outbox.is_held() {
                 session.resume_wait = Some(Instant::now() + resume::RESUME_WAIT);
             }
-            session.serve(&mut frames, &mut pending, shutdown).await;
+            Some(session)
         }
         Err(error) => {
             // Without its rooms the socket would miss messages: the client reconnects.
             session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
             session.close(close::INTERNAL);
+            session.finish(FuturesOrdered::new()).await;
+            None
         }
     }
-    Box::pin(session.finish(pending)).await;
-    end_writer(&mut writer).await;
 }
 
 /// Waits for the writer to deliver what it holds, within the close linger; then ends it.
@@ -318,7 +363,7 @@ fn close_reason(code: u16) -> &'static str {
 async fn authenticate(
     gateway: &Gateway,
     upgrade: Upgrade,
-    frames: &mut futures_util::stream::SplitStream<WsStream>,
+    frames: &mut Frames,
 ) -> Result<Authenticated, (u16, Option<String>)> {
     let verifier = &gateway.shared.settings.verifier;
     let unauthorized = |error: AuthError, request_id: Option<&str>| {
@@ -494,15 +539,14 @@ impl Session {
     /// full, no more frames are read.
     async fn serve(
         &mut self,
-        frames: &mut futures_util::stream::SplitStream<WsStream>,
+        frames: &mut Frames,
         pending: &mut FuturesOrdered<PendingSend>,
         shutdown: CancellationToken,
     ) {
         let config = &self.gateway.shared.settings.config;
         let max_pending = config.max_pending_sends;
-        let mut ping = tokio::time::interval(config.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        ping.reset();
+        let ping_interval = config.ping_interval;
+        let mut next_ping = Instant::now() + ping_interval;
         let mut last_heard = Instant::now();
         let mut drain_deadline = None;
         let drain_time = config.drain_time;
@@ -511,15 +555,20 @@ impl Session {
         let eviction = Arc::clone(&self.eviction);
         let evicted = eviction.evicted();
         let shutting_down = shutdown.cancelled();
-        tokio::pin!(evicted, shutting_down);
+        // One timer for the ping, the typing expiry, the resume wait and the drain, reset only
+        // when the earliest of them changes: a timer per purpose would sit in every idle
+        // socket's task.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(evicted, shutting_down, timer);
         loop {
-            // One timer for the typing expiry, the resume wait and the drain: a timer future
-            // per purpose would sit in every idle socket's task.
             let typing_due = self.typing.values().min().copied();
             let due = [typing_due, self.resume_wait, drain_deadline]
                 .into_iter()
                 .flatten()
-                .min();
+                .fold(next_ping, Instant::min);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 _ = &mut evicted => return,
                 () = &mut shutting_down, if drain_deadline.is_none() => {
@@ -531,7 +580,7 @@ impl Session {
                 Some(outcome) = pending.next(), if !pending.is_empty() => {
                     Box::pin(self.finish_send(outcome)).await;
                 }
-                () = sleep_until_opt(due) => {
+                () = &mut timer => {
                     let now = Instant::now();
                     if drain_deadline.is_some_and(|d| d <= now) {
                         self.close(close::RESTARTING);
@@ -545,19 +594,22 @@ impl Session {
                     if typing_due.is_some_and(|d| d <= now) {
                         Box::pin(self.expire_typing()).await;
                     }
-                }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > idle_timeout {
-                        tracing::debug!("no sign of life; closing");
-                        return;
+                    if next_ping <= now {
+                        if last_heard.elapsed() > idle_timeout {
+                            tracing::debug!("no sign of life; closing");
+                            return;
+                        }
+                        let _ = self.outbox.try_push(Outbound::Ping);
+                        next_ping = now + ping_interval;
                     }
-                    let _ = self.outbox.try_push(Outbound::Ping);
                 }
                 frame = frames.next(), if pending.len() < max_pending => {
                     last_heard = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
-                            if let Some(send) = self.on_text(&text).await {
+                            // Boxed: the largest handler's state would otherwise sit in every
+                            // idle socket's task.
+                            if let Some(send) = Box::pin(self.on_text(&text)).await {
                                 pending.push_back(send);
                             }
                         }
@@ -639,8 +691,7 @@ impl Session {
             return None;
         }
         let data = envelope.data.map_or("{}", |raw| raw.get());
-        // Boxed: the largest handler's state would otherwise sit in every idle socket's task.
-        match Box::pin(self.dispatch(&event, data, request_id)).await {
+        match self.dispatch(&event, data, request_id).await {
             Ok(Reply::Ack(data)) => {
                 if let Some(id) = request_id {
                     self.emit(client::ack(id, data));
@@ -791,20 +842,20 @@ impl Session {
         let ack = bus::start_durable(&shared.js, &event, dedup_id.as_deref()).await?;
         let request_id = request_id.map(str::to_owned);
         Ok(Reply::Later(Box::pin(async move {
-            SendOutcome {
+            Box::new(SendOutcome {
                 request_id,
                 result: bus::finish_durable(ack).await,
                 event,
-            }
+            })
         })))
     }
 
-    async fn finish_send(&mut self, outcome: SendOutcome) {
+    async fn finish_send(&mut self, outcome: Box<SendOutcome>) {
         let SendOutcome {
             request_id,
             mut event,
             result,
-        } = outcome;
+        } = *outcome;
         let shared = &self.gateway.shared;
         let stored = match result {
             Ok(stored) => stored,
@@ -1098,16 +1149,43 @@ fn parse<T: DeserializeOwned>(data: &str) -> Result<T, RequestError> {
     serde_json::from_str(data).map_err(|e| RequestError::invalid(format!("invalid data: {e}")))
 }
 
-async fn sleep_until_opt(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// A number in `0..bound`, spread enough for reconnection jitter.
 fn rand_below(bound: u64) -> u64 {
     u64::from(uuid::Uuid::new_v4().as_u128() as u32) % bound.max(1)
+}
+
+/// Sends a text frame in fragments of at most [`FIRST_FRAGMENT`] bytes, each flushed on its own
+/// (a client's WebSocket library joins them).
+async fn send_fragmented(
+    sink: &mut SplitSink<WsStream, Message>,
+    text: Utf8Bytes,
+) -> Result<(), tungstenite::Error> {
+    let bytes = bytes::Bytes::from(text);
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + FIRST_FRAGMENT).min(bytes.len());
+        let opcode = if at == 0 { Data::Text } else { Data::Continue };
+        let fragment = Frame::message(
+            bytes.slice(at..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        sink.send(Message::Frame(fragment)).await?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// How a socket's writer ends.
+enum WriterEnd {
+    /// Evicted with this close code (the peer may not be reading).
+    Evicted(u16),
+    /// The outbox was closed and drained.
+    Drained,
+    /// The session closes with this code.
+    Close(u16),
+    /// The peer is gone.
+    Failed,
 }
 
 async fn write_loop(
@@ -1115,67 +1193,91 @@ async fn write_loop(
     outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
 ) {
-    let send_close = |code: u16| {
-        Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: Utf8Bytes::from_static(close_reason(code)),
-        }))
-    };
+    let end = write_frames(&mut sink, &outbox, &eviction).await;
+    // Boxed, like each batch: the state of a step taken once or briefly would otherwise sit in
+    // every idle socket's writer.
+    Box::pin(async move {
+        let close = |code: u16| {
+            Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: Utf8Bytes::from_static(close_reason(code)),
+            }))
+        };
+        let _ = match end {
+            // Stuck writing to a peer that does not read, perhaps: what was half written is
+            // flushed before the close frame, if the peer reads again soon.
+            WriterEnd::Evicted(code) => {
+                tokio::time::timeout(CLOSE_LINGER, sink.send(close(code))).await
+            }
+            WriterEnd::Close(code) => {
+                tokio::time::timeout(Duration::from_secs(1), sink.send(close(code))).await
+            }
+            WriterEnd::Drained => tokio::time::timeout(Duration::from_secs(1), sink.close()).await,
+            WriterEnd::Failed => return,
+        };
+    })
+    .await;
+}
+
+/// Writes what the outbox holds, in batches with one flush each, until the writer ends.
+async fn write_frames(
+    sink: &mut SplitSink<WsStream, Message>,
+    outbox: &Outbox,
+    eviction: &Eviction,
+) -> WriterEnd {
     // Built once: a future made anew on every turn of the loop costs a registration each time.
     let evicted = eviction.evicted();
     tokio::pin!(evicted);
+    // The first frame (`connected`, the largest an idle socket gets, about 1.2 KiB with four
+    // rooms) goes out alone and in fragments: tungstenite keeps its write buffer at the largest
+    // size it ever reached, and an idle socket then keeps only a fragment's size.
+    let mut batch = 1;
     loop {
         let first = tokio::select! {
             biased;
-            code = &mut evicted => {
-                let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;
-                return;
-            }
+            code = &mut evicted => return WriterEnd::Evicted(code),
             first = outbox.next() => first,
         };
         let Some(first) = first else {
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-            return;
+            return WriterEnd::Drained;
         };
-        let mut closing = None;
-        let write = async {
+        let limit = std::mem::replace(&mut batch, WRITE_BATCH);
+        let write = Box::pin(async {
             let mut next = Some(first);
             let mut written = 0;
             while let Some(item) = next.take() {
                 match item {
+                    Outbound::Text(text) if limit == 1 && text.len() > FIRST_FRAGMENT => {
+                        send_fragmented(sink, text).await?;
+                    }
                     Outbound::Text(text) | Outbound::Event { frame: text, .. } => {
                         sink.feed(Message::Text(text)).await?
                     }
                     Outbound::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await?,
                     Outbound::Close(code, _) => {
-                        closing = Some(code);
-                        break;
+                        sink.flush().await?;
+                        return Ok(Some(code));
                     }
                 }
                 written += 1;
-                if written < WRITE_BATCH {
+                if written < limit {
                     next = outbox.try_pop();
                 }
             }
-            sink.flush().await
-        };
+            sink.flush().await.map(|()| None)
+        });
         let written = tokio::select! {
             biased;
-            code = &mut evicted => {
-                // Stuck writing to a peer that does not read: what was half written is flushed
-                // before the close frame, if the peer reads again soon.
-                let _ = tokio::time::timeout(CLOSE_LINGER, sink.send(send_close(code))).await;
-                return;
-            }
+            code = &mut evicted => return WriterEnd::Evicted(code),
             written = write => written,
         };
-        if let Err(error) = written {
-            tracing::debug!(%error, "write failed");
-            return;
-        }
-        if let Some(code) = closing {
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(send_close(code))).await;
-            return;
+        match written {
+            Ok(None) => {}
+            Ok(Some(code)) => return WriterEnd::Close(code),
+            Err(error) => {
+                tracing::debug!(%error, "write failed");
+                return WriterEnd::Failed;
+            }
         }
     }
 }
