@@ -270,7 +270,9 @@ async fn open(
         eviction,
         typing: HashMap::new(),
         resume_wait: None,
+        token_expiry: Instant::now(),
     };
+    session.token_expiry = session.token_expiry();
     shared.hub.register(&session.socket);
     let keys = shared.settings.resume.as_ref();
     // A resume in `auth` names the old session, which this one replaces (not counted twice).
@@ -434,6 +436,9 @@ struct Session {
     typing: HashMap<Arc<str>, Instant>,
     /// Until then pushes wait for a `resume` request (a connection made with `resume=1`).
     resume_wait: Option<Instant>,
+    /// When the token expires (with the clock leeway): the session ends then unless an `auth`
+    /// brings a fresh token first.
+    token_expiry: Instant,
 }
 
 impl Session {
@@ -555,9 +560,9 @@ impl Session {
         let eviction = Arc::clone(&self.eviction);
         let evicted = eviction.evicted();
         let shutting_down = shutdown.cancelled();
-        // One timer for the ping, the typing expiry, the resume wait and the drain, reset only
-        // when the earliest of them changes: a timer per purpose would sit in every idle
-        // socket's task.
+        // One timer for the ping, the typing expiry, the resume wait, the drain and the token's
+        // expiry, reset only when the earliest of them changes: a timer per purpose would sit in
+        // every idle socket's task.
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(evicted, shutting_down, timer);
         loop {
@@ -565,7 +570,7 @@ impl Session {
             let due = [typing_due, self.resume_wait, drain_deadline]
                 .into_iter()
                 .flatten()
-                .fold(next_ping, Instant::min);
+                .fold(next_ping.min(self.token_expiry), Instant::min);
             if timer.deadline() != due {
                 timer.as_mut().reset(due);
             }
@@ -584,6 +589,15 @@ impl Session {
                     let now = Instant::now();
                     if drain_deadline.is_some_and(|d| d <= now) {
                         self.close(close::RESTARTING);
+                        return;
+                    }
+                    if self.token_expiry <= now {
+                        let error = RequestError::new(
+                            client::ErrorCode::Unauthorized,
+                            "token expired; send a fresh one with auth before the old one expires",
+                        );
+                        self.emit(error.to_frame(None, None));
+                        self.close(close::UNAUTHORIZED);
                         return;
                     }
                     if self.resume_wait.is_some_and(|d| d <= now) {
@@ -779,7 +793,17 @@ impl Session {
             ));
         }
         self.identity = identity;
+        self.token_expiry = self.token_expiry();
         Ok(Reply::Ack(self.connected().await?))
+    }
+
+    /// When the identity's token expires, with the clock leeway that verification allows.
+    fn token_expiry(&self) -> Instant {
+        let leeway = self.gateway.shared.settings.config.jwt_leeway;
+        let expires_ms = self.identity.expires_at.saturating_mul(1000);
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let left = Duration::from_millis(expires_ms.saturating_sub(now));
+        Instant::now() + left + leeway
     }
 
     /// Checks that the user is a member: from the socket's own rooms, the cache, or the worker.
