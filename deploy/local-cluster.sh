@@ -7,7 +7,8 @@
 #   deploy/local-cluster.sh --fresh    # starts from nothing
 #
 # Ports (environment): NATS_PORT (4222), ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"),
-# ADMIN_PORTS ("9080 9081").
+# ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
+# off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.local/cluster
@@ -69,6 +70,7 @@ for i in 0 1; do
   ./target/release/chat-gateway --nats-url "$nats_url" \
     --listen "127.0.0.1:${gateway_ports[$i]}" --admin-listen "127.0.0.1:${admin_ports[$i]}" \
     --node-id "gateway-$((i + 1))" --allowed-origins '*' --router-urls "$router_url" \
+    ${GATEWAY_FLAGS:-} \
     >"$state/gateway-$((i + 1)).log" 2>&1 &
   pids+=($!)
 done

@@ -1,13 +1,14 @@
 //! The gateway's configuration, from flags and environment variables. Parsing binds nothing;
 //! [`Config::validate`] turns the raw options into the checked [`Settings`] the gateway runs on.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{KeySpec, Verifier};
+use crate::limits::Rate;
 
 /// The chat gateway: terminates client WebSockets on `/ws`, verifies JWTs and origins, and speaks
 /// the client protocol v1 over NATS (JetStream for messages) and the persistence worker.
@@ -128,6 +129,33 @@ pub struct Config {
     /// Deepest nesting of a message's `metadata`.
     #[arg(long, env = "CHAT_MAX_METADATA_DEPTH", default_value_t = 8)]
     pub max_metadata_depth: usize,
+
+    /// Messages a user may send, edit or delete, as `<per minute>/<burst>` (`0`: no limit).
+    /// Held per node: a user with sessions on several nodes has this on each. Over it:
+    /// `RATE_LIMITED` with `retryAfterMs`.
+    #[arg(long, env = "CHAT_MESSAGE_RATE", default_value = "100/20", value_parser = Rate::parse)]
+    pub message_rate: Rate,
+
+    /// Like `--message-rate`, for users whose token has `"role": "guest"`.
+    #[arg(long, env = "CHAT_GUEST_MESSAGE_RATE", default_value = "20/5", value_parser = Rate::parse)]
+    pub guest_message_rate: Rate,
+
+    /// Connections a client address may open, as `<per minute>/<burst>` (`0`: no limit); more
+    /// are refused with HTTP 429 before the upgrade. Per node.
+    #[arg(long, env = "CHAT_CONNECT_RATE_PER_IP", default_value = "600/100", value_parser = Rate::parse)]
+    pub connect_rate_per_ip: Rate,
+
+    /// Failed authentications a client address may make, as `<per minute>/<burst>`: the
+    /// default lets 5 fail at once, then one a minute. Past it, a bad token gets
+    /// `RATE_LIMITED` and close 4429; a valid token still gets in. Per node.
+    #[arg(long, env = "CHAT_FAILED_AUTH_RATE_PER_IP", default_value = "1/5", value_parser = Rate::parse)]
+    pub failed_auth_rate_per_ip: Rate,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` is believed:
+    /// a connection from one of them is counted against the last address in that header that
+    /// is not itself a trusted proxy. Others' `X-Forwarded-For` is ignored.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = IpBlock::parse)]
+    pub trusted_proxies: Vec<IpBlock>,
 
     /// How long a client has to send `auth` when it did not authenticate on upgrade.
     #[arg(long, env = "CHAT_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -361,5 +389,119 @@ mod tests {
     #[test]
     fn the_message_limit_fits_the_transport_cap() {
         assert!(parse(&["--jwt-secret", "s", "--max-message-bytes", "300000"]).is_err());
+    }
+}
+
+/// An address block: an address and how many leading bits of it count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpBlock {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("expected an IP address or CIDR block, got {text:?}");
+        let (address, prefix) = match text.trim().split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let address: IpAddr = address.parse().map_err(|_| bad())?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix.parse::<u8>().map_err(|_| bad())?,
+            None => bits,
+        };
+        if prefix > bits {
+            return Err(bad());
+        }
+        Ok(Self { address, prefix })
+    }
+
+    /// Whether `address` is in the block.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        let (block, candidate, bits) = match (self.address, address) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(a.to_bits()), u128::from(b.to_bits()), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (a.to_bits(), b.to_bits(), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || block >> shift == candidate >> shift
+    }
+}
+
+/// The client's address: `peer`, or where a trusted proxy says the request came from.
+pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpBlock]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|block| block.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let Some(forwarded_for) = forwarded_for else {
+        return peer;
+    };
+    // Right to left: each hop appends the address it saw; the first one not ours is the client.
+    let mut client = peer;
+    for hop in forwarded_for.rsplit(',') {
+        let Ok(hop) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = hop;
+        if !is_trusted(hop) {
+            break;
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks_parse_and_contain() {
+        let block = IpBlock::parse("10.1.0.0/16").unwrap();
+        assert!(block.contains(ip("10.1.200.3")));
+        assert!(!block.contains(ip("10.2.0.1")));
+        assert!(block.contains(ip("::ffff:10.1.0.9")), "IPv4-mapped IPv6");
+        assert!(IpBlock::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(IpBlock::parse("fd00::/8").unwrap().contains(ip("fd12::1")));
+        assert!(
+            IpBlock::parse("192.0.2.7")
+                .unwrap()
+                .contains(ip("192.0.2.7"))
+        );
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0/8", "::/129"] {
+            assert!(IpBlock::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [IpBlock::parse("10.0.0.0/8").unwrap()];
+        let peer = ip("10.0.0.5");
+        let client = |header| client_address(peer, header, &trusted);
+        assert_eq!(client(Some("203.0.113.9")), ip("203.0.113.9"));
+        assert_eq!(
+            client(Some("198.51.100.1, 203.0.113.9, 10.0.0.7")),
+            ip("203.0.113.9")
+        );
+        assert_eq!(client(Some("garbage")), peer);
+        assert_eq!(client(None), peer);
+        let stranger = ip("203.0.113.50");
+        assert_eq!(
+            client_address(stranger, Some("1.2.3.4"), &trusted),
+            stranger
+        );
     }
 }

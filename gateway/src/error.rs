@@ -2,6 +2,7 @@
 //! protocol error codes. Nothing internal is ever shown to a client.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use chat_proto::client::{self, ErrorCode, ErrorData};
 use chat_proto::timestamp::{iso8601, now_ms};
@@ -13,6 +14,8 @@ pub struct RequestError {
     pub code: ErrorCode,
     /// A message for people.
     pub message: Cow<'static, str>,
+    /// With `RATE_LIMITED`: when to try again.
+    pub retry_after: Option<Duration>,
 }
 
 impl RequestError {
@@ -21,6 +24,15 @@ impl RequestError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `RATE_LIMITED`: try again after `retry_after`.
+    pub fn rate_limited(message: impl Into<Cow<'static, str>>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 
@@ -66,7 +78,9 @@ impl RequestError {
                 message: &self.message,
                 recoverable: self.code.recoverable(),
                 original_event,
-                retry_after_ms: None,
+                retry_after_ms: self
+                    .retry_after
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
                 timestamp: iso8601(now_ms()),
             },
         )

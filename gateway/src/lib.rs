@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod hub;
+pub mod limits;
 pub mod outbox;
 pub mod presence;
 pub mod resume;
@@ -24,6 +25,7 @@ pub mod validation;
 pub mod worker;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,6 +42,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, Settings};
 use history::StreamReader;
 use hub::{BusSignal, Hub, MembershipCache};
+use limits::Limiter;
 use router::RouterLink;
 use validation::ContentLimits;
 use worker::WorkerClient;
@@ -66,6 +69,12 @@ pub struct Shared {
     hub: Hub,
     membership: MembershipCache,
     limits: ContentLimits,
+    /// Messages sent, edited or deleted, by user.
+    message_rates: Limiter<Arc<str>>,
+    /// Connections, by client address.
+    connect_rates: Limiter<IpAddr>,
+    /// Failed authentications, by client address.
+    failed_auths: Limiter<IpAddr>,
     /// The link to the routers, when there are any.
     router: Option<RouterLink>,
     ws_config: WebSocketConfig,
@@ -237,6 +246,9 @@ pub async fn run(
                 max_metadata_depth: config.max_metadata_depth,
             },
             ws_config: ws_config(&config),
+            message_rates: Limiter::new(),
+            connect_rates: Limiter::new(),
+            failed_auths: Limiter::new(),
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             settings,

@@ -7,7 +7,7 @@
 //! it sent them, and acked in that order).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -73,8 +73,9 @@ struct SendOutcome {
 }
 
 /// What the upgrade request carried.
-#[derive(Default)]
 struct Upgrade {
+    /// The client's address (see `--trusted-proxies`).
+    client: IpAddr,
     token: Option<String>,
     /// `resume=1`: the first request will be `resume`; pushes wait for it.
     resume: bool,
@@ -95,11 +96,15 @@ pub async fn serve(
     let span = tracing::debug_span!("connection", %peer, user_id = tracing::field::Empty);
     async move {
         let _permit = permit.as_ref();
-        let mut upgrade = Upgrade::default();
-        let settings = &gateway.shared.settings;
+        let mut upgrade = Upgrade {
+            client: peer.ip(),
+            token: None,
+            resume: false,
+        };
+        let shared = &gateway.shared;
         let full = permit.is_none();
         let callback = |request: &Request, response: Response| {
-            check_upgrade(request, response, settings, full, &mut upgrade)
+            check_upgrade(request, response, shared, full, &mut upgrade)
         };
         let accept = tokio_tungstenite::accept_hdr_async_with_config(
             stream,
@@ -148,10 +153,11 @@ fn refuse(status: http::StatusCode, reason: &str) -> ErrorResponse {
 fn check_upgrade(
     request: &Request,
     mut response: Response,
-    settings: &crate::config::Settings,
+    shared: &crate::Shared,
     full: bool,
     upgrade: &mut Upgrade,
 ) -> Result<Response, ErrorResponse> {
+    let settings = &shared.settings;
     if request.uri().path() != "/ws" {
         return Err(refuse(
             http::StatusCode::NOT_FOUND,
@@ -169,6 +175,29 @@ fn check_upgrade(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "this node is full; try another",
         ));
+    }
+    let forwarded_for = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    upgrade.client = crate::config::client_address(
+        upgrade.client,
+        forwarded_for,
+        &settings.config.trusted_proxies,
+    );
+    let rate = settings.config.connect_rate_per_ip;
+    if let Err(wait) = shared.connect_rates.take(upgrade.client, rate) {
+        let mut refused = refuse(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address; retry later",
+        );
+        let seconds = wait.as_secs().max(1).to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&seconds) {
+            refused
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value);
+        }
+        return Err(refused);
     }
     upgrade.token = request
         .headers()
@@ -367,11 +396,27 @@ async fn authenticate(
     upgrade: Upgrade,
     frames: &mut Frames,
 ) -> Result<Authenticated, (u16, Option<String>)> {
-    let verifier = &gateway.shared.settings.verifier;
+    let shared = &gateway.shared;
+    let verifier = &shared.settings.verifier;
+    let address = upgrade.client;
+    // Each failure counts against the client's address; past its rate, a failure is answered
+    // as over a limit (a valid token is never refused for this).
     let unauthorized = |error: AuthError, request_id: Option<&str>| {
-        let frame = RequestError::new(client::ErrorCode::Unauthorized, error.to_string())
-            .to_frame(request_id, Some("auth"));
-        (close::UNAUTHORIZED, Some(frame))
+        let rate = shared.settings.config.failed_auth_rate_per_ip;
+        let (error, code) = match shared.failed_auths.take(address, rate) {
+            Ok(()) => (
+                RequestError::new(client::ErrorCode::Unauthorized, error.to_string()),
+                close::UNAUTHORIZED,
+            ),
+            Err(wait) => (
+                RequestError::rate_limited(
+                    "too many failed authentications from this address; retry later",
+                    wait,
+                ),
+                close::OVER_LIMIT,
+            ),
+        };
+        (code, Some(error.to_frame(request_id, Some("auth"))))
     };
     if let Some(token) = upgrade.token {
         return verifier
@@ -737,6 +782,9 @@ impl Session {
             // The first request is not `resume`: nothing to wait for.
             self.release(None);
         }
+        if matches!(event, "message:send" | "message:edit" | "message:delete") {
+            self.take_message_token()?;
+        }
         match event {
             "ping" => Ok(Reply::Ack(
                 json!({ "event": "pong", "timestamp": now_ms() }),
@@ -795,6 +843,20 @@ impl Session {
         self.identity = identity;
         self.token_expiry = self.token_expiry();
         Ok(Reply::Ack(self.connected().await?))
+    }
+
+    /// Counts a message sent, edited or deleted against the user's rate on this node.
+    fn take_message_token(&self) -> Result<(), RequestError> {
+        let shared = &self.gateway.shared;
+        let config = &shared.settings.config;
+        let rate = match self.identity.role.as_deref() {
+            Some("guest") => config.guest_message_rate,
+            _ => config.message_rate,
+        };
+        shared
+            .message_rates
+            .take(Arc::clone(&self.identity.user_id), rate)
+            .map_err(|wait| RequestError::rate_limited("too many messages; slow down", wait))
     }
 
     /// When the identity's token expires, with the clock leeway that verification allows.

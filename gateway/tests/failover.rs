@@ -214,6 +214,7 @@ impl GatewayProcess {
                 &admin.to_string(),
             ])
             .args(["--nats-url", nats_url, "--jwt-secret", SECRET])
+            .args(UNLIMITED)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,8 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Cluster, SECRET, create_room};
+use common::{Client, Cluster, SECRET, create_room, upgrade_request};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn token(user: &str, ttl: Duration) -> String {
     chat_gateway::auth::mint_hs256(SECRET.as_bytes(), user, ttl, None)
@@ -55,4 +57,162 @@ async fn a_token_that_expires_ends_its_session_with_4401_unless_refreshed() {
         )
         .await;
     assert_eq!(sent["event"], "ack", "{sent}");
+}
+
+/// A bad token from `address` (as a trusted proxy says): the first frame and the close code.
+async fn bad_token_from(url: &str, address: &str) -> (serde_json::Value, Option<u16>) {
+    let mut request = format!("{url}?token=not.a.token")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", address.parse().unwrap());
+    common::refused(request).await
+}
+
+/// Connects `user` as coming from `address` (as a trusted proxy says).
+async fn connect_from(url: &str, user: &str, address: &str) -> Result<Client, WsError> {
+    let mut request = upgrade_request(url, user);
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", address.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let mut client = Client::from_ws(ws);
+    client.connected = client.expect("connected").await;
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_from_one_address_are_refused_past_five_but_a_valid_token_gets_in() {
+    let cluster = Cluster::start_with(&[
+        "--failed-auth-rate-per-ip",
+        "1/5",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
+    let url = cluster.url(0);
+    let attacker = "203.0.113.1";
+    for _ in 0..5 {
+        let (frame, close) = bad_token_from(&url, attacker).await;
+        assert_eq!(frame["data"]["code"], "UNAUTHORIZED", "{frame}");
+        assert_eq!(close, Some(4401));
+    }
+    let (frame, close) = bad_token_from(&url, attacker).await;
+    assert_eq!(frame["data"]["code"], "RATE_LIMITED", "{frame}");
+    assert!(
+        frame["data"]["retryAfterMs"].as_u64().unwrap() > 0,
+        "{frame}"
+    );
+    assert_eq!(close, Some(4429));
+
+    // A valid token from the same address gets in; another address is not held to the first's
+    // failures.
+    let mut alice = connect_from(&url, "alice", attacker).await.unwrap();
+    let pong = alice.request("ping", json!({})).await;
+    assert_eq!(pong["event"], "ack");
+    let (frame, close) = bad_token_from(&url, "203.0.113.2").await;
+    assert_eq!(frame["data"]["code"], "UNAUTHORIZED", "{frame}");
+    assert_eq!(close, Some(4401));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_an_addresss_rate_get_429_and_others_connect() {
+    let cluster = Cluster::start_with(&[
+        "--connect-rate-per-ip",
+        "60/2",
+        "--trusted-proxies",
+        "127.0.0.0/8",
+    ])
+    .await;
+    let url = cluster.url(0);
+    let _first = connect_from(&url, "alice", "198.51.100.7").await.unwrap();
+    let _second = connect_from(&url, "bob", "198.51.100.7").await.unwrap();
+    match connect_from(&url, "carol", "198.51.100.7").await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "{retry}");
+        }
+        Err(error) => panic!("refused otherwise: {error}"),
+        Ok(_) => panic!("a third connection within the burst of 2 was let in"),
+    }
+    // Another address behind the same proxy has its own rate.
+    let mut dave = connect_from(&url, "dave", "198.51.100.8").await.unwrap();
+    assert_eq!(dave.request("ping", json!({})).await["event"], "ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_a_users_rate_get_rate_limited_and_guests_have_a_tighter_rate() {
+    let cluster =
+        Cluster::start_with(&["--message-rate", "60/3", "--guest-message-rate", "60/1"]).await;
+    let url = cluster.url(0);
+    let mut alice = Client::connect(&url, "alice").await;
+    let mut bob = Client::connect(&url, "bob").await;
+    let guest_token = chat_gateway::auth::mint_hs256(
+        SECRET.as_bytes(),
+        "gus",
+        Duration::from_secs(600),
+        Some("guest"),
+    );
+    let mut gus = connect_with(&url, &guest_token).await;
+    let room = create_room(&mut alice, &["bob", "gus"]).await;
+    bob.expect("conversation:new").await;
+    gus.expect("conversation:new").await;
+    let send = |text: &str| json!({ "conversationId": room, "content": text });
+
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let answer = alice.request("message:send", send(&format!("a{i}"))).await;
+        assert_eq!(answer["event"], "ack", "{answer}");
+        acked.push(format!("a{i}"));
+    }
+    let limited = alice.request("message:send", send("a3")).await;
+    assert_eq!(limited["data"]["code"], "RATE_LIMITED", "{limited}");
+    assert_eq!(limited["data"]["recoverable"], true);
+    let retry = limited["data"]["retryAfterMs"].as_u64().unwrap();
+    assert!((1..=1_000).contains(&retry), "{retry}");
+
+    // Others are not held back by alice's rate.
+    assert_eq!(
+        bob.request("message:send", send("b0")).await["event"],
+        "ack"
+    );
+    acked.push("b0".into());
+    // A guest has a burst of one.
+    assert_eq!(
+        gus.request("message:send", send("g0")).await["event"],
+        "ack"
+    );
+    acked.push("g0".into());
+    let guest_limited = gus.request("message:send", send("g1")).await;
+    assert_eq!(
+        guest_limited["data"]["code"], "RATE_LIMITED",
+        "{guest_limited}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(retry)).await;
+    assert_eq!(
+        alice.request("message:send", send("a3")).await["event"],
+        "ack"
+    );
+    acked.push("a3".into());
+
+    // Every acked message reached the room; none of the refused ones did.
+    let page = bob
+        .ok("messages:sync", json!({ "conversationId": room }))
+        .await;
+    let mut stored: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    stored.sort();
+    acked.sort();
+    assert_eq!(stored, acked);
 }

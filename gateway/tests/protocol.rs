@@ -26,15 +26,12 @@ fn signed(claims: serde_json::Value, secret: &str) -> String {
 
 /// Connects with `?token=` and returns the first frame and the close code.
 async fn refused_token(url: &str, token: &str) -> (serde_json::Value, Option<u16>) {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
-        .await
-        .expect("bad tokens are answered after the upgrade");
-    let mut client = Client::from_ws(ws);
-    let frame = client
-        .next_frame(common::WAIT)
-        .await
-        .expect("an error frame");
-    (frame, client.expect_close().await)
+    common::refused(
+        format!("{url}?token={token}")
+            .into_client_request()
+            .unwrap(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

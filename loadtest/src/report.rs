@@ -194,6 +194,10 @@ pub(crate) fn error_code(frame: &str) -> String {
         .to_owned()
 }
 
+/// What a run needs of the gateways: their abuse limits would refuse a load run.
+const LIMITS_HINT: &str = "note: the gateways' rate limits refuse a load run as abuse; start them with \
+     --message-rate 0 --connect-rate-per-ip 0 (deploy/local-cluster.sh: GATEWAY_FLAGS)";
+
 impl RunReport {
     /// The table for the terminal.
     pub(crate) fn text(&self) -> String {
@@ -212,6 +216,9 @@ impl RunReport {
             c.latency.p50,
             c.latency.p99
         );
+        if c.failed > 0 {
+            let _ = writeln!(out, "{LIMITS_HINT}");
+        }
         if let Some(bytes) = self.gateway_bytes_per_connection {
             let _ = writeln!(
                 out,
@@ -263,6 +270,7 @@ impl RunReport {
                     "          errors {}, closed by the server {:?}",
                     p.errors, p.closed
                 );
+                let _ = writeln!(out, "          {LIMITS_HINT}");
             }
         }
         if let Some(storm) = &self.storm {

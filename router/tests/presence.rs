@@ -341,6 +341,7 @@ async fn a_killed_gateway_makes_its_users_offline_within_the_lease() {
                 &admin.to_string(),
             ])
             .args(["--nats-url", &setup.nats.url(), "--jwt-secret", SECRET])
+            .args(testing::UNLIMITED)
             .args([
                 "--router-urls",
                 &setup.routers[0].url(),

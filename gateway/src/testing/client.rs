@@ -27,6 +27,17 @@ pub fn upgrade_request(url: &str, user: &str) -> Request {
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Upgrades with `request`, which the server answers after the upgrade with an error and a
+/// close: the error frame and the close code.
+pub async fn refused(request: Request) -> (Value, Option<u16>) {
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the refusal comes after the upgrade");
+    let mut client = Client::from_ws(ws);
+    let frame = client.next_frame(WAIT).await.expect("an error frame");
+    (frame, client.expect_close().await)
+}
+
 /// A protocol client: requests wait for their answer; pushes are kept for `expect`.
 pub struct Client {
     ws: Ws,

@@ -112,22 +112,35 @@ pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Runnin
     }
 }
 
+/// The abuse limits a test gateway runs without: tests send from one address and a few users
+/// at once.
+pub const UNLIMITED: [&str; 6] = [
+    "--message-rate",
+    "0",
+    "--connect-rate-per-ip",
+    "0",
+    "--failed-auth-rate-per-ip",
+    "0",
+];
+
+/// Starts a gateway in-process, without the abuse limits ([`UNLIMITED`]) unless `extra` sets
+/// them; `extra` replaces any default flag it names.
 pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
-    let mut args = vec![
-        "chat-gateway",
-        "--nats-url",
-        nats_url,
-        "--jwt-secret",
-        SECRET,
-        "--allowed-origins",
-        "https://app.example",
-        "--auth-timeout",
-        "1s",
-        "--request-timeout",
-        "2s",
-        "--drain-time",
-        "1s",
-    ];
+    let defaults = [
+        ("--jwt-secret", SECRET),
+        ("--allowed-origins", "https://app.example"),
+        ("--auth-timeout", "1s"),
+        ("--request-timeout", "2s"),
+        ("--drain-time", "1s"),
+    ]
+    .into_iter()
+    .chain(UNLIMITED.chunks(2).map(|pair| (pair[0], pair[1])));
+    let mut args = vec!["chat-gateway", "--nats-url", nats_url];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     let settings = Cli::try_parse_from(args)
         .expect("gateway flags parse")
