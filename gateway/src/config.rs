@@ -106,9 +106,16 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_TRANSPORT_BYTES", default_value_t = 256 * 1024)]
     pub max_transport_bytes: usize,
 
-    /// Most frames queued for one socket. A message that does not fit closes it with 4503.
+    /// Frames queued for one socket before it counts as backed up: then typing and receipt
+    /// pushes to it are dropped, and it has `--slow-consumer-grace` to catch up (its queue may
+    /// grow to 4 times this meanwhile) before it is closed with 4503.
     #[arg(long, env = "CHAT_OUTBOX_FRAMES", default_value_t = 256)]
     pub outbox_frames: usize,
+
+    /// How long a socket may stay backed up (see `--outbox-frames`) before it is closed with
+    /// 4503; it never slows the delivery to anyone else.
+    #[arg(long, env = "CHAT_SLOW_CONSUMER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slow_consumer_grace: Duration,
 
     /// Most `message:send` requests of one socket awaiting the stream's acknowledgement.
     #[arg(long, env = "CHAT_MAX_PENDING_SENDS", default_value_t = 32)]

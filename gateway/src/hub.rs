@@ -7,8 +7,9 @@
 //! local room and ends with its last. The task decodes each event once, finds the local room,
 //! serializes the push once, and hands the same bytes to every local member's outbox; events of
 //! conversations without local members are dropped (counted). A push that carries a message and
-//! does not fit an outbox evicts that socket (close 4503, the client resumes); ephemeral pushes
-//! (typing, receipts) are dropped and counted instead.
+//! does not fit an outbox (backed up past its grace or its overflow) evicts that socket (close
+//! 4503, the client resumes); ephemeral pushes (typing, receipts) to a backed-up outbox are
+//! dropped and counted instead.
 //!
 //! Core NATS may lose events for the node: a slow-consumer drop, or a disconnection. Either
 //! wakes the filler task: every room reads from the stream the events after the last it knows it
@@ -132,7 +133,11 @@ impl SocketHandle {
     }
 
     fn queue(&self, item: Outbound, delivery: Delivery, stats: &Stats) {
-        match self.outbox.try_push(item) {
+        let pushed = match delivery {
+            Delivery::Ephemeral => self.outbox.try_push_ephemeral(item),
+            Delivery::Durable => self.outbox.try_push(item),
+        };
+        match pushed {
             Ok(()) => {}
             Err(PushError::Full) => match delivery {
                 Delivery::Ephemeral => {
@@ -936,8 +941,9 @@ mod tests {
     }
 
     #[test]
-    fn a_full_outbox_drops_ephemeral_pushes_and_evicts_on_messages() {
-        let outbox = Arc::new(Outbox::new(1));
+    fn a_backed_up_outbox_drops_ephemeral_pushes_and_evicts_past_its_overflow() {
+        let grace = std::time::Duration::from_secs(60);
+        let outbox = Arc::new(Outbox::new(1, grace));
         let eviction = Arc::new(Eviction::default());
         let socket = SocketHandle::new(1, "u".into(), outbox, Arc::clone(&eviction));
         let stats = Stats::default();
@@ -945,7 +951,10 @@ mod tests {
         socket.push(&frame, Delivery::Durable, &stats);
         socket.push(&frame, Delivery::Ephemeral, &stats);
         assert_eq!(stats.num_dropped_ephemeral.load(Ordering::Relaxed), 1);
-        assert_eq!(eviction.code(), None);
+        for _ in 1..crate::outbox::OVERFLOW_FACTOR {
+            socket.push(&frame, Delivery::Durable, &stats);
+        }
+        assert_eq!(eviction.code(), None, "messages overflow within the grace");
         socket.push(&frame, Delivery::Durable, &stats);
         assert_eq!(eviction.code(), Some(close::TOO_SLOW));
     }

@@ -1,7 +1,12 @@
 //! A socket's bounded outbound queue. Unlike a channel it allocates nothing while empty (a
 //! tokio channel allocates a block of slots up front), which matters at thousands of idle
-//! sockets a node; it gives its memory back whenever it empties. Pushes never wait: a full queue is the
-//! caller's to handle (drop an ephemeral push, or evict the socket).
+//! sockets a node; it gives its memory back whenever it empties. Pushes never wait: a full queue
+//! is the caller's to handle (drop an ephemeral push, or evict the socket).
+//!
+//! A queue at its capacity is backed up. An ephemeral push is refused then; anything else still
+//! goes in, up to [`OVERFLOW_FACTOR`] times the capacity, for the grace: a reader that catches up
+//! within it loses nothing, one that stays backed up longer (or fills the overflow) is refused,
+//! and its socket is evicted.
 //!
 //! During a resume the queue is held: conversation events wait (everything else goes out), the
 //! missed events are read from the stream, and [`Outbox::release`] puts them before the held
@@ -14,9 +19,13 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// How many times its capacity a backed-up queue may hold during its grace.
+pub const OVERFLOW_FACTOR: usize = 4;
 
 /// What a socket's writer sends.
 #[derive(Debug)]
@@ -54,6 +63,8 @@ struct Queue {
         reason = "8 bytes in every socket's queue instead of 48: most sockets never resume"
     )]
     covered: Option<Box<HashMap<u64, u64>>>,
+    /// Since when the queue has been at or over its capacity.
+    backed_up_since: Option<Instant>,
 }
 
 impl Queue {
@@ -83,22 +94,33 @@ pub struct Outbox {
     /// Conversation events wait until a resume releases them.
     held: AtomicBool,
     capacity: usize,
+    grace: Duration,
 }
 
 impl Outbox {
-    /// An empty queue of at most `capacity` items.
-    pub fn new(capacity: usize) -> Self {
+    /// An empty queue of `capacity` items, which may stay backed up for `grace`.
+    pub fn new(capacity: usize, grace: Duration) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
             held: AtomicBool::new(false),
             capacity,
+            grace,
         }
     }
 
-    /// Queues `item` without waiting.
+    /// Queues `item` without waiting; a backed-up queue takes it within its grace.
     pub fn try_push(&self, item: Outbound) -> Result<(), PushError> {
+        self.push(item, true)
+    }
+
+    /// Queues `item` without waiting, only below the capacity (what may be dropped).
+    pub fn try_push_ephemeral(&self, item: Outbound) -> Result<(), PushError> {
+        self.push(item, false)
+    }
+
+    fn push(&self, item: Outbound, may_overflow: bool) -> Result<(), PushError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
@@ -107,8 +129,14 @@ impl Outbox {
             if queue.covers(&item) {
                 return Ok(()); // The client has it from a resume's replay.
             }
-            if queue.items.len() >= self.capacity {
-                return Err(PushError::Full);
+            let len = queue.items.len();
+            if len >= self.capacity {
+                let now = Instant::now();
+                let since = *queue.backed_up_since.get_or_insert(now);
+                let overflowing = len >= self.capacity * OVERFLOW_FACTOR;
+                if !may_overflow || overflowing || now.duration_since(since) > self.grace {
+                    return Err(PushError::Full);
+                }
             }
             queue.items.push_back(item);
         }
@@ -131,6 +159,9 @@ impl Outbox {
         if items.is_empty() {
             // An idle socket keeps no slots (four would be 224 bytes in each).
             *items = VecDeque::new();
+        }
+        if items.len() < self.capacity {
+            queue.backed_up_since = None;
         }
         item
     }
@@ -168,7 +199,7 @@ impl Outbox {
             if !covered.is_empty() {
                 queue.covered = Some(Box::new(covered));
             }
-            let Queue { items, covered } = &mut *queue;
+            let Queue { items, covered, .. } = &mut *queue;
             let mut kept = VecDeque::with_capacity(items.len());
             for item in items.drain(..) {
                 if !queue_covers(covered.as_deref(), &item) {
@@ -201,11 +232,13 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_in_order_and_drained_after_close() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(1, Duration::ZERO);
         outbox.try_push(Outbound::Ping).unwrap();
+        // Backed up: within the (here zero) grace only.
         outbox
             .try_push(Outbound::Text(Utf8Bytes::from_static("a")))
             .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
         assert_eq!(outbox.try_push(Outbound::Ping), Err(PushError::Full));
         outbox.close();
         assert_eq!(outbox.try_push(Outbound::Ping), Err(PushError::Closed));
@@ -231,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_hold_keeps_events_back_and_its_release_puts_the_replay_first_without_duplicates() {
-        let outbox = Outbox::new(16);
+        let outbox = Outbox::new(16, Duration::from_secs(1));
         outbox.hold();
         outbox.try_push(event(5)).unwrap();
         outbox.try_push(Outbound::Text("connected".into())).unwrap();
@@ -248,9 +281,38 @@ mod tests {
         assert_eq!(order, ["e4", "e5", "e6"]);
     }
 
+    #[test]
+    fn a_backed_up_queue_takes_more_within_its_grace_and_its_overflow_only() {
+        let outbox = Outbox::new(2, Duration::from_secs(60));
+        for _ in 0..2 {
+            outbox.try_push(Outbound::Ping).unwrap();
+        }
+        assert_eq!(
+            outbox.try_push_ephemeral(Outbound::Ping),
+            Err(PushError::Full),
+            "nothing ephemeral once backed up"
+        );
+        for _ in 2..2 * OVERFLOW_FACTOR {
+            outbox.try_push(Outbound::Ping).unwrap();
+        }
+        assert_eq!(outbox.try_push(Outbound::Ping), Err(PushError::Full));
+        // Caught up: below the capacity, the grace starts over.
+        while outbox.try_pop().is_some() {}
+        outbox.try_push_ephemeral(Outbound::Ping).unwrap();
+    }
+
+    #[test]
+    fn a_queue_backed_up_past_its_grace_is_refused() {
+        let outbox = Outbox::new(1, Duration::from_millis(20));
+        outbox.try_push(Outbound::Ping).unwrap();
+        outbox.try_push(Outbound::Ping).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(outbox.try_push(Outbound::Ping), Err(PushError::Full));
+    }
+
     #[tokio::test]
     async fn a_waiting_writer_wakes_on_a_push() {
-        let outbox = std::sync::Arc::new(Outbox::new(4));
+        let outbox = std::sync::Arc::new(Outbox::new(4, Duration::from_secs(1)));
         let writer = tokio::spawn({
             let outbox = std::sync::Arc::clone(&outbox);
             async move { outbox.next().await.is_some() }

@@ -125,7 +125,11 @@ pub async fn serve(
             }
         };
         let (sink, frames) = ws.split();
-        let outbox = Arc::new(Outbox::new(gateway.shared.settings.config.outbox_frames));
+        let config = &gateway.shared.settings.config;
+        let outbox = Arc::new(Outbox::new(
+            config.outbox_frames,
+            config.slow_consumer_grace,
+        ));
         let eviction = Arc::new(Eviction::default());
         let writer = tokio::spawn(write_loop(sink, Arc::clone(&outbox), Arc::clone(&eviction)));
         let socket = Socket {

@@ -216,3 +216,62 @@ async fn messages_past_a_users_rate_get_rate_limited_and_guests_have_a_tighter_r
     acked.sort();
     assert_eq!(stored, acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stalled_reader_in_a_busy_room_is_closed_and_the_others_are_served_promptly() {
+    let cluster =
+        Cluster::start_with(&["--outbox-frames", "16", "--slow-consumer-grace", "1s"]).await;
+    let readers: Vec<String> = (0..40).map(|i| format!("reader-{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, user) in readers.iter().enumerate() {
+        clients.push(Client::connect(&cluster.url(i % 2), user).await);
+    }
+    let mut stalled = Client::connect_small_buffer(&cluster.url(1), "stalled").await;
+    let mut sender = Client::connect(&cluster.url(0), "sender").await;
+    let mut members: Vec<&str> = readers.iter().map(String::as_str).collect();
+    members.push("stalled");
+    let room = create_room(&mut sender, &members).await;
+    stalled.expect("conversation:new").await;
+
+    // About 24 KiB a message: the stalled socket's TCP buffers fill after a few MB, then its
+    // outbox, while everyone else keeps reading.
+    let count = 200;
+    let pad = "😀".repeat(4_980);
+    let metadata = json!({ "pad": "y".repeat(4_000) });
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        client.expect("conversation:new").await;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            for i in 0..count {
+                let event = client.expect("message:new").await;
+                let content = event["message"]["content"].as_str().unwrap();
+                let (seq, rest) = content.split_once(' ').unwrap();
+                assert_eq!(seq.parse::<usize>().unwrap(), i, "in order, none missing");
+                let sent_us: u128 = rest.split_once(' ').unwrap().0.parse().unwrap();
+                latencies.push(started.elapsed().as_micros() - sent_us);
+            }
+            latencies
+        }));
+    }
+    for i in 0..count {
+        let sent_us = started.elapsed().as_micros();
+        let content = format!("{i} {sent_us} {pad}");
+        let data = json!({ "conversationId": room, "content": content, "metadata": metadata });
+        sender.ok("message:send", data).await;
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("every reader got every message in order"));
+    }
+    latencies.sort_unstable();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    // Delivery to the others takes milliseconds; a reader holding them up would cost seconds.
+    assert!(
+        p99 < 1_000_000,
+        "p99 {p99} µs over {} deliveries",
+        latencies.len()
+    );
+    assert_eq!(stalled.expect_close().await, Some(4503));
+}
