@@ -18,6 +18,7 @@ pub mod hub;
 pub mod limits;
 pub mod outbox;
 pub mod presence;
+pub mod request;
 pub mod resume;
 pub mod router;
 pub mod session;

@@ -23,7 +23,6 @@ use chat_proto::timestamp::{iso8601, now_ms};
 use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -44,6 +43,7 @@ use crate::history::{self, Window};
 use crate::hub::{Eviction, SocketHandle};
 use crate::outbox::{Outbound, Outbox, PushError};
 use crate::presence;
+use crate::request::{self, parse};
 use crate::resume::{self, ResumeData};
 use crate::router::Admission;
 use crate::validation;
@@ -58,8 +58,6 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
 /// Largest fragment of a socket's first frame (see `write_frames`).
 const FIRST_FRAGMENT: usize = 256;
-/// Longest event name echoed back in an error.
-const MAX_ECHOED_EVENT_CHARS: usize = 64;
 
 type WsStream = WebSocketStream<TcpStream>;
 /// A send awaiting the stream. Its outcome is boxed: it would otherwise widen the request
@@ -713,48 +711,18 @@ impl Session {
 
     /// Handles one text frame; a send comes back to wait for the stream.
     async fn on_text(&mut self, text: &str) -> Option<PendingSend> {
-        let config = &self.gateway.shared.settings.config;
-        if text.len() > config.max_message_bytes {
-            let message = format!("message larger than {} bytes", config.max_message_bytes);
-            self.emit(RequestError::protocol(message).to_frame(None, None));
-            return None;
-        }
-        let Ok(envelope) = serde_json::from_str::<client::ClientFrame<'_>>(text) else {
-            self.emit(RequestError::protocol("not a JSON object envelope").to_frame(None, None));
-            return None;
-        };
-        let request_id = match envelope
-            .request_id
-            .map(|raw| serde_json::from_str::<String>(raw.get()))
-        {
-            None => None,
-            Some(Ok(id)) if id.chars().count() <= client::MAX_REQUEST_ID_CHARS => Some(id),
-            Some(_) => {
-                let error =
-                    RequestError::protocol("requestId must be a string of at most 64 characters");
-                self.emit(error.to_frame(None, None));
+        let max_bytes = self.gateway.shared.settings.config.max_message_bytes;
+        let request = match request::decode(text, max_bytes) {
+            Ok(request) => request,
+            Err(refusal) => {
+                self.emit(refusal.to_frame());
                 return None;
             }
         };
-        let request_id = request_id.as_deref();
-        let Some(event) = envelope
-            .event
-            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
-        else {
-            self.emit(RequestError::protocol("event must be a string").to_frame(request_id, None));
-            return None;
-        };
-        let echoed: String = event.chars().take(MAX_ECHOED_EVENT_CHARS).collect();
-        if let Some(version) = envelope.version
-            && serde_json::from_str::<&str>(version.get()).ok() != Some(client::VERSION)
-        {
-            let error =
-                RequestError::protocol("unsupported version; this server speaks version \"1\"");
-            self.emit(error.to_frame(request_id, Some(&echoed)));
-            return None;
-        }
-        let data = envelope.data.map_or("{}", |raw| raw.get());
-        match self.dispatch(&event, data, request_id).await {
+        let request_id = request.request_id.as_deref();
+        let (event, data) = (request.event.as_str(), request.data);
+        let echoed = request.echoed_event();
+        match self.dispatch(event, data, request_id).await {
             Ok(Reply::Ack(data)) => {
                 if let Some(id) = request_id {
                     self.emit(client::ack(id, data));
@@ -1233,10 +1201,6 @@ impl Session {
         bus::publish_live(&self.gateway.shared.client, &event).await?;
         Ok(Reply::Ack(json!({})))
     }
-}
-
-fn parse<T: DeserializeOwned>(data: &str) -> Result<T, RequestError> {
-    serde_json::from_str(data).map_err(|e| RequestError::invalid(format!("invalid data: {e}")))
 }
 
 /// A number in `0..bound`, spread enough for reconnection jitter.

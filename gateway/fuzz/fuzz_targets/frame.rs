@@ -1,0 +1,31 @@
+//! Any bytes as a client's text frame: decoded, and validated as `message:send` and
+//! `room:create` data, as the gateway does. A panic or a hang is a finding.
+
+#![no_main]
+
+use chat_gateway::request::{self, decode};
+use chat_gateway::validation::{self, ContentLimits};
+use chat_proto::client::{CreateData, SendData};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| {
+    // A text frame is UTF-8 by the time it reaches the decoder (tungstenite checks).
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    let Ok(request) = decode(text, 64 * 1024) else {
+        return;
+    };
+    let limits = ContentLimits {
+        max_content_chars: 5_000,
+        max_attachments: 10,
+        max_metadata_bytes: 4 * 1024,
+        max_metadata_depth: 8,
+    };
+    if let Ok(data) = request::parse::<SendData>(request.data) {
+        let _ = validation::new_message(data, "fuzz", &limits);
+    }
+    if let Ok(data) = request::parse::<CreateData>(request.data) {
+        let _ = validation::new_conversation(data, "fuzz");
+    }
+});
