@@ -117,6 +117,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_SLOW_CONSUMER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_consumer_grace: Duration,
 
+    /// Most conversations one socket may be in. `room:create` and `room:join` beyond it get
+    /// `FORBIDDEN`; a user in more cannot connect (close 4429), and a socket added to one more
+    /// by someone else is closed with 4429.
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_SOCKET", default_value_t = 10_000)]
+    pub max_rooms_per_socket: usize,
+
     /// Most `message:send` requests of one socket awaiting the stream's acknowledgement.
     #[arg(long, env = "CHAT_MAX_PENDING_SENDS", default_value_t = 32)]
     pub max_pending_sends: usize,
@@ -302,10 +308,13 @@ impl Config {
                 "--max-message-bytes must not exceed --max-transport-bytes",
             ));
         }
-        if self.outbox_frames == 0 || self.max_pending_sends == 0 || self.max_connections == Some(0)
+        if self.outbox_frames == 0
+            || self.max_pending_sends == 0
+            || self.max_connections == Some(0)
+            || self.max_rooms_per_socket == 0
         {
             return Err(ConfigError::Inconsistent(
-                "--outbox-frames, --max-pending-sends and --max-connections must be positive",
+                "--outbox-frames, --max-pending-sends, --max-connections and --max-rooms-per-socket must be positive",
             ));
         }
         let origins = if self.allowed_origins.iter().any(|o| o == "*") {

@@ -153,6 +153,22 @@ impl SocketHandle {
     }
 }
 
+/// The error of a socket over its room limit (the only `FORBIDDEN` a join gives).
+fn too_many_rooms(max: usize) -> RequestError {
+    RequestError::forbidden(format!(
+        "a connection may be in at most {max} conversations; leave one first"
+    ))
+}
+
+/// The close code of a socket that could not join its rooms: over its room limit, or a fault.
+pub fn join_close_code(error: &RequestError) -> u16 {
+    if error.code == client::ErrorCode::Forbidden {
+        close::OVER_LIMIT
+    } else {
+        close::INTERNAL
+    }
+}
+
 /// Counters of the hub.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -253,6 +269,8 @@ struct Inner {
     stats: Stats,
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Most conversations one socket may be in.
+    max_rooms_per_socket: usize,
 }
 
 /// The node's fan-out; a cheap `Clone`.
@@ -281,6 +299,7 @@ impl Hub {
         membership: MembershipCache,
         router: Option<RouterLink>,
         token: CancellationToken,
+        max_rooms_per_socket: usize,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -296,6 +315,7 @@ impl Hub {
                 stats: Stats::default(),
                 token,
                 tracker: TaskTracker::new(),
+                max_rooms_per_socket,
             }),
         }
     }
@@ -482,6 +502,10 @@ impl Hub {
             let Some(rooms) = registry.socket_rooms.get_mut(&socket.id) else {
                 return Ok(()); // The socket is gone.
             };
+            let max = self.inner.max_rooms_per_socket;
+            if rooms.len() >= max && !rooms.contains(conversation_id) {
+                return Err(too_many_rooms(max));
+            }
             let shard = subjects::live_shard(conversation_id);
             // The room's id is shared by its members' sets, not copied into each.
             let room = match registry.rooms.get_key_value(conversation_id) {
@@ -755,8 +779,18 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Whether a socket is in as many conversations as it may be.
+    pub fn check_room_limit(&self, socket_id: SocketId) -> Result<(), RequestError> {
+        let max = self.inner.max_rooms_per_socket;
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        match registry.socket_rooms.get(&socket_id) {
+            Some(rooms) if rooms.len() >= max => Err(too_many_rooms(max)),
+            _ => Ok(()),
+        }
+    }
+
     /// Joins every local socket of `user_id` to a conversation; a socket that cannot join is
-    /// evicted (it reconnects and gets its rooms again).
+    /// evicted (it reconnects and gets its rooms again; one over its room limit is told so).
     pub async fn join_user(&self, user_id: &str, conversation_id: &str) -> Vec<SocketHandle> {
         self.forget_membership(user_id, conversation_id);
         let mut joined = Vec::new();
@@ -765,7 +799,7 @@ impl Hub {
                 Ok(()) => joined.push(socket),
                 Err(error) => {
                     tracing::warn!(conversation_id, ?error, "join failed; evicting");
-                    socket.eviction.evict(close::INTERNAL);
+                    socket.eviction.evict(join_close_code(&error));
                 }
             }
         }

@@ -220,6 +220,7 @@ pub async fn run(
         membership.clone(),
         router.clone(),
         root.child_token(),
+        config.max_rooms_per_socket,
     );
     hub.start(&settings.node_id, signals)
         .await

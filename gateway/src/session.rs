@@ -358,9 +358,10 @@ async fn open(
             Some(session)
         }
         Err(error) => {
-            // Without its rooms the socket would miss messages: the client reconnects.
+            // Without its rooms the socket would miss messages: the client reconnects (or, over
+            // the room limit, is told so).
             session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
-            session.close(close::INTERNAL);
+            session.close(crate::hub::join_close_code(&error));
             session.finish(FuturesOrdered::new()).await;
             None
         }
@@ -1073,6 +1074,7 @@ impl Session {
 
     async fn create(&mut self, data: client::CreateData) -> Result<Reply, RequestError> {
         let request = validation::new_conversation(data, &self.identity.user_id)?;
+        self.gateway.shared.hub.check_room_limit(self.socket.id)?;
         let conversation = self.gateway.shared.worker.create(request).await?;
         self.join_local(&conversation).await
     }
@@ -1080,6 +1082,7 @@ impl Session {
     async fn join(&mut self, data: JoinData) -> Result<Reply, RequestError> {
         validation::conversation_id(&data.conversation_id)?;
         validation::password(data.password.as_deref())?;
+        self.gateway.shared.hub.check_room_limit(self.socket.id)?;
         let request = v1::JoinConversationRequest {
             user_id: self.identity.user_id.to_string(),
             conversation_id: data.conversation_id,

@@ -275,3 +275,49 @@ async fn one_stalled_reader_in_a_busy_room_is_closed_and_the_others_are_served_p
     );
     assert_eq!(stalled.expect_close().await, Some(4503));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_past_its_room_limit_is_refused_more_rooms_and_a_user_past_it_cannot_connect() {
+    let cluster = Cluster::start_with(&["--max-rooms-per-socket", "2"]).await;
+    let url = cluster.url(0);
+    let mut alice = Client::connect(&url, "alice").await;
+    let first = create_room(&mut alice, &["bob"]).await;
+    create_room(&mut alice, &["carol"]).await;
+    let refused = alice
+        .request(
+            "room:create",
+            json!({ "title": "third", "participantIds": ["dave"] }),
+        )
+        .await;
+    assert_eq!(refused["data"]["code"], "FORBIDDEN", "{refused}");
+    assert!(
+        refused["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2")
+    );
+    // The connection stays and its rooms work.
+    let sent = alice
+        .request(
+            "message:send",
+            json!({ "conversationId": first, "content": "hi" }),
+        )
+        .await;
+    assert_eq!(sent["event"], "ack", "{sent}");
+
+    // Bob is in one room; added to two more by others, his socket goes past the limit and is
+    // closed with 4429; connecting again, he is refused the same way.
+    let mut bob = Client::connect(&url, "bob").await;
+    let mut erin = Client::connect(&url, "erin").await;
+    create_room(&mut erin, &["bob"]).await;
+    bob.expect("conversation:new").await;
+    create_room(&mut erin, &["bob"]).await;
+    assert_eq!(bob.expect_close().await, Some(4429));
+    let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(&url, "bob"))
+        .await
+        .unwrap();
+    let mut again = Client::from_ws(ws);
+    let error = again.next_frame(common::WAIT).await.unwrap();
+    assert_eq!(error["data"]["code"], "FORBIDDEN", "{error}");
+    assert_eq!(again.expect_close().await, Some(4429));
+}
