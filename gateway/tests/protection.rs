@@ -321,3 +321,33 @@ async fn a_socket_past_its_room_limit_is_refused_more_rooms_and_a_user_past_it_c
     assert_eq!(error["data"]["code"], "FORBIDDEN", "{error}");
     assert_eq!(again.expect_close().await, Some(4429));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_with_503_and_takes_connections_again_when_one_leaves() {
+    let cluster = Cluster::start_with(&["--max-connections", "2"]).await;
+    let url = cluster.url(0);
+    let mut alice = Client::connect(&url, "alice").await;
+    let bob = Client::connect(&url, "bob").await;
+    match tokio_tungstenite::connect_async(upgrade_request(&url, "carol")).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        Err(error) => panic!("refused otherwise: {error}"),
+        Ok(_) => panic!("a third connection was let into a node of two"),
+    }
+    assert_eq!(alice.request("ping", json!({})).await["event"], "ack");
+    drop(bob);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let mut carol = loop {
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(upgrade_request(&url, "carol")).await
+        {
+            let mut carol = Client::from_ws(ws);
+            carol.connected = carol.expect("connected").await;
+            break carol;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(carol.request("ping", json!({})).await["event"], "ack");
+}
