@@ -351,3 +351,24 @@ async fn a_full_node_refuses_with_503_and_takes_connections_again_when_one_leave
     };
     assert_eq!(carol.request("ping", json!({})).await["event"], "ack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_and_odd_text_are_stored_and_echoed_exactly_as_sent() {
+    let cluster = Cluster::start().await;
+    let mut alice = Client::connect(&cluster.url(0), "alice").await;
+    let mut bob = Client::connect(&cluster.url(1), "bob").await;
+    let room = create_room(&mut alice, &["bob"]).await;
+    bob.expect("conversation:new").await;
+    let content = "<script>alert(1)</script> &amp; \"quoted\" 'single' \\ \u{202e}rtl 😀 \u{0} end";
+    let metadata = json!({ "html": "<img src=x onerror=alert(1)>", "nested": [{ "a": "<b>" }] });
+    let data = json!({ "conversationId": room, "content": content, "metadata": metadata });
+    alice.ok("message:send", data).await;
+    let live = bob.expect("message:new").await;
+    assert_eq!(live["message"]["content"], content);
+    assert_eq!(live["message"]["metadata"], metadata);
+    let page = bob
+        .ok("messages:sync", json!({ "conversationId": room }))
+        .await;
+    assert_eq!(page["messages"][0]["content"], content);
+    assert_eq!(page["messages"][0]["metadata"], metadata);
+}
