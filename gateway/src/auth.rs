@@ -7,8 +7,9 @@
 //! `externalUserId`, else `sub`.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -110,10 +111,107 @@ struct Claims {
     exp: u64,
 }
 
+/// Keys of a JWKS document: RSA keys (RS256) and P-256 keys (ES256), each with its `kid`. Keys
+/// of other kinds, and symmetric keys, which have no place in a public set, are skipped and
+/// named in the second list.
+pub fn keys_from_jwks(json: &str) -> Result<(Vec<KeySpec>, Vec<String>), String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+    let set: JwkSet =
+        serde_json::from_str(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let (mut keys, mut skipped) = (Vec::new(), Vec::new());
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
+            (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+            (AlgorithmParameters::EllipticCurve(p), None | Some(KeyAlgorithm::ES256))
+                if p.curve == EllipticCurve::P256 =>
+            {
+                Algorithm::ES256
+            }
+            _ => {
+                skipped.push(kid);
+                continue;
+            }
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) if !kid.is_empty() => keys.push(KeySpec {
+                kid: Some(kid),
+                algorithm,
+                key,
+            }),
+            _ => skipped.push(kid),
+        }
+    }
+    Ok((keys, skipped))
+}
+
+/// Keys from a JWKS file, read again when they are older than `refresh`, and when a token names
+/// a `kid` they lack (at most every `refresh` or 10 s, whichever is shorter): a key added to the
+/// file is used at once, one removed stops being accepted within `refresh`.
+pub struct JwksFile {
+    path: PathBuf,
+    refresh: Duration,
+    /// The keys and when they were read.
+    current: Mutex<(Arc<[KeySpec]>, Instant)>,
+}
+
+impl JwksFile {
+    /// Reads the file once; it must hold a JWKS document.
+    pub fn load(path: PathBuf, refresh: Duration) -> Result<Self, String> {
+        let keys = read_jwks(&path)?;
+        Ok(Self {
+            path,
+            refresh,
+            current: Mutex::new((keys, Instant::now())),
+        })
+    }
+
+    /// The key named `kid`, reading the file again if it is due.
+    fn find(&self, kid: &str) -> Option<KeySpec> {
+        let mut current = self.current.lock().expect("jwks lock poisoned");
+        let age = current.1.elapsed();
+        let missing = !current.0.iter().any(|k| k.kid.as_deref() == Some(kid));
+        if age >= self.refresh || (missing && age >= self.refresh.min(MISSING_KID_RELOAD)) {
+            match read_jwks(&self.path) {
+                Ok(keys) => current.0 = keys,
+                // The keys in hand stay in force: a file half written or gone for a moment
+                // must not lock everyone out.
+                Err(error) => {
+                    tracing::warn!(path = %self.path.display(), %error, "JWKS not reloaded")
+                }
+            }
+            current.1 = Instant::now();
+        }
+        current
+            .0
+            .iter()
+            .find(|k| k.kid.as_deref() == Some(kid))
+            .cloned()
+    }
+}
+
+/// Shortest wait between reloads for a `kid` the keys lack (a stream of made-up kids must not
+/// make the server read the file for each).
+const MISSING_KID_RELOAD: Duration = Duration::from_secs(10);
+
+fn read_jwks(path: &Path) -> Result<Arc<[KeySpec]>, String> {
+    let json = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (keys, skipped) = keys_from_jwks(&json)?;
+    if !skipped.is_empty() {
+        tracing::info!(
+            ?skipped,
+            "JWKS keys skipped: only RS256 and ES256 keys with a kid are used"
+        );
+    }
+    Ok(keys.into())
+}
+
 /// Checks tokens; a cheap `Clone`.
 #[derive(Clone)]
 pub struct Verifier {
     keys: Arc<[KeySpec]>,
+    jwks: Option<Arc<JwksFile>>,
     leeway: Duration,
     issuer: Option<String>,
     audience: Option<String>,
@@ -125,6 +223,7 @@ impl fmt::Debug for Verifier {
         let keys: Vec<_> = self.keys.iter().map(|k| (&k.kid, k.algorithm)).collect();
         f.debug_struct("Verifier")
             .field("keys", &keys)
+            .field("jwks", &self.jwks.as_ref().map(|jwks| &jwks.path))
             .field("leeway", &self.leeway)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -142,10 +241,17 @@ impl Verifier {
     ) -> Self {
         Self {
             keys: keys.into(),
+            jwks: None,
             leeway,
             issuer,
             audience,
         }
+    }
+
+    /// Also accepts the keys of `jwks`, picked by `kid`.
+    pub fn with_jwks(mut self, jwks: JwksFile) -> Self {
+        self.jwks = Some(Arc::new(jwks));
+        self
     }
 
     /// Verifies `token`.
@@ -158,8 +264,13 @@ impl Verifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let key = match &header.kid {
-            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None if self.keys.len() == 1 => self.keys.first(),
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .cloned()
+                .or_else(|| self.jwks.as_ref().and_then(|jwks| jwks.find(kid))),
+            None if self.keys.len() == 1 && self.jwks.is_none() => self.keys.first().cloned(),
             None => None,
         }
         .ok_or(AuthError::UnknownKey)?;

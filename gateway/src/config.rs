@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{KeySpec, Verifier};
+use crate::auth::{JwksFile, KeySpec, Verifier};
 use crate::limits::Rate;
 
 /// The chat gateway: terminates client WebSockets on `/ws`, verifies JWTs and origins, and speaks
@@ -75,6 +75,16 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub jwt_public_keys: Vec<String>,
+
+    /// A JWKS document (`{"keys": [...]}`) of RS256 and ES256 public keys, each picked by its
+    /// `kid`. Read again every `--jwks-refresh`, and at once when a token names a kid it lacks
+    /// (at most every 10 s): rotate keys by writing the file (a mounted secret or ConfigMap).
+    #[arg(long, env = "CHAT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// How old the keys of `--jwks-file` may get before it is read again.
+    #[arg(long, env = "CHAT_JWKS_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
 
     /// Required `iss` claim.
     #[arg(long, env = "CHAT_JWT_ISSUER")]
@@ -230,7 +240,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// No key to verify tokens with.
-    #[error("no token key: give --jwt-secret or --jwt-public-key")]
+    #[error("no token key: give --jwt-secret, --jwt-public-key or --jwks-file")]
     NoKeys,
     /// A key was malformed or unreadable.
     #[error("bad key {spec}: {reason}")]
@@ -300,7 +310,16 @@ impl Config {
                 })?,
             );
         }
-        if keys.is_empty() {
+        let jwks = match &self.jwks_file {
+            Some(path) => Some(JwksFile::load(path.clone(), self.jwks_refresh).map_err(
+                |reason| ConfigError::BadKey {
+                    spec: path.display().to_string(),
+                    reason,
+                },
+            )?),
+            None => None,
+        };
+        if keys.is_empty() && jwks.is_none() {
             return Err(ConfigError::NoKeys);
         }
         if self.max_message_bytes > self.max_transport_bytes {
@@ -328,12 +347,15 @@ impl Config {
                     .collect(),
             )
         };
-        let verifier = Verifier::new(
+        let mut verifier = Verifier::new(
             keys,
             self.jwt_leeway,
             self.jwt_issuer.clone(),
             self.jwt_audience.clone(),
         );
+        if let Some(jwks) = jwks {
+            verifier = verifier.with_jwks(jwks);
+        }
         let node_id = self
             .node_id
             .clone()

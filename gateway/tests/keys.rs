@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_gateway::auth::{AuthError, KeySpec, Verifier};
+use chat_gateway::auth::{AuthError, JwksFile, KeySpec, Verifier};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -62,4 +62,51 @@ fn the_public_key_as_an_hmac_secret_is_refused() {
     let token =
         jsonwebtoken::encode(&header(Algorithm::HS256, "rsa-1"), &claims(), &public).unwrap();
     assert_eq!(verifier().verify(&token), Err(AuthError::Invalid));
+}
+
+#[test]
+fn jwks_keys_rotate_by_kid_as_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let full: serde_json::Value =
+        serde_json::from_slice(&pem("jwks.json")).expect("the test JWKS is JSON");
+    let with = |kids: &[&str]| {
+        let keys: Vec<_> = full["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+            .cloned()
+            .collect();
+        std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+    };
+    with(&["rsa-2", "secret-in-a-public-set"]);
+    let jwks = JwksFile::load(path.clone(), Duration::ZERO).unwrap();
+    let v = Verifier::new(Vec::new(), Duration::from_secs(5), None, None).with_jwks(jwks);
+    let rsa = EncodingKey::from_rsa_pem(&pem("rs256-private.pem")).unwrap();
+    let ec = EncodingKey::from_ec_pem(&pem("es256-private.pem")).unwrap();
+    let rsa_token =
+        jsonwebtoken::encode(&header(Algorithm::RS256, "rsa-2"), &claims(), &rsa).unwrap();
+    let ec_token = jsonwebtoken::encode(&header(Algorithm::ES256, "ec-2"), &claims(), &ec).unwrap();
+    assert_eq!(&*v.verify(&rsa_token).unwrap().user_id, "ext-7");
+    assert_eq!(v.verify(&ec_token), Err(AuthError::UnknownKey));
+    // A symmetric key in a public set is never used: a token signed with it is refused.
+    let hs = EncodingKey::from_secret(b"secret");
+    let hs_token = jsonwebtoken::encode(
+        &header(Algorithm::HS256, "secret-in-a-public-set"),
+        &claims(),
+        &hs,
+    )
+    .unwrap();
+    assert_eq!(v.verify(&hs_token), Err(AuthError::UnknownKey));
+
+    // The new key is published: used at once. The old one is withdrawn: refused.
+    with(&["rsa-2", "ec-2"]);
+    assert_eq!(&*v.verify(&ec_token).unwrap().user_id, "ext-7");
+    with(&["ec-2"]);
+    assert_eq!(v.verify(&rsa_token), Err(AuthError::UnknownKey));
+    // A broken file keeps the keys in force.
+    std::fs::write(&path, "{ half written").unwrap();
+    assert_eq!(&*v.verify(&ec_token).unwrap().user_id, "ext-7");
+    assert!(JwksFile::load(path, Duration::ZERO).is_err());
 }

@@ -372,3 +372,18 @@ async fn markup_and_odd_text_are_stored_and_echoed_exactly_as_sent() {
     assert_eq!(page["messages"][0]["content"], content);
     assert_eq!(page["messages"][0]["metadata"], metadata);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_takes_tokens_signed_with_a_key_of_its_jwks_file() {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let cluster = Cluster::start_with(&["--jwks-file", &format!("{keys}/jwks.json")]).await;
+    let private = std::fs::read(format!("{keys}/es256-private.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("ec-2".into());
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let claims = json!({ "sub": "from-the-idp", "exp": exp });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap();
+    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let client = connect_with(&cluster.url(0), &token).await;
+    assert_eq!(client.connected["userId"], "from-the-idp");
+}
