@@ -387,3 +387,34 @@ async fn a_gateway_takes_tokens_signed_with_a_key_of_its_jwks_file() {
     let client = connect_with(&cluster.url(0), &token).await;
     assert_eq!(client.connected["userId"], "from-the-idp");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_past_the_pending_limit_wait_their_turn_and_none_is_lost() {
+    let cluster = Cluster::start_with(&["--max-pending-sends", "2"]).await;
+    let mut alice = Client::connect(&cluster.url(0), "alice").await;
+    let mut bob = Client::connect(&cluster.url(1), "bob").await;
+    let room = create_room(&mut alice, &["bob"]).await;
+    bob.expect("conversation:new").await;
+    // 200 sends written at once: the gateway reads on only as acks free its two places.
+    let count = 200;
+    for i in 0..count {
+        let frame = json!({
+            "event": "message:send",
+            "requestId": format!("s{i}"),
+            "data": { "conversationId": room, "content": format!("m{i}") },
+        });
+        alice.send_text(frame.to_string()).await;
+    }
+    for i in 0..count {
+        let answer = alice.answer(&format!("s{i}")).await;
+        assert_eq!(answer["event"], "ack", "{answer}");
+    }
+    for i in 0..count {
+        let message = bob.expect("message:new").await;
+        assert_eq!(
+            message["message"]["content"],
+            format!("m{i}"),
+            "in order, none lost"
+        );
+    }
+}
