@@ -324,7 +324,7 @@ pub async fn run(
     hub.stop().await;
     admin_token.cancel();
     let _ = admin_task.await;
-    let _ = client.flush().await;
+    chat_proto::service::final_flush(&client).await;
     Ok(())
 }
 

@@ -441,3 +441,25 @@ async fn a_nats_restart_fails_sends_fast_and_loses_no_acked_message() {
         .collect();
     assert_eq!(stored.len(), 40, "{stored:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_while_nats_is_down_still_exits_in_time() {
+    let mut cluster = Cluster::start().await;
+    let flags = ["--drain-time", "1s", "--shutdown-grace", "1s"];
+    let mut gateway = GatewayProcess::start_with(&cluster.nats.url(), &flags).await;
+    let _alice = Client::connect(&gateway.url(), "alice").await;
+    cluster.nats.kill();
+    gateway.terminate();
+    let stopping = Instant::now();
+    // The drain (1 s), the grace (1 s) and the last flush's bound (2 s), with room to spare: a
+    // flush that waits for NATS to come back would hang here.
+    while gateway.child.try_wait().unwrap().is_none() {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "the gateway still runs {:?} after SIGTERM",
+            stopping.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("stopped with NATS down in {:?}", stopping.elapsed());
+}

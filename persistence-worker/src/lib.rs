@@ -108,6 +108,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Ok(Err(error)) = serving.await {
         tracing::warn!(%error, "request handling ended with an error");
     }
-    client.flush().await.ok();
+    chat_proto::service::final_flush(&client).await;
     consumed.map_err(|e| WorkerError::Task(e.to_string()))?
 }

@@ -1,6 +1,7 @@
 //! What every binary of the product starts with: logging, the shutdown signal, and exit codes.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
@@ -48,4 +49,18 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// How long a stopping service waits for NATS to take what it still has to send.
+pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Flushes what `client` still holds, within [`FINAL_FLUSH`]: NATS may be down when the service
+/// stops, and a flush waits for it to come back.
+pub async fn final_flush(client: &async_nats::Client) {
+    if tokio::time::timeout(FINAL_FLUSH, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS did not take the last publishes in time; stopping without them");
+    }
 }

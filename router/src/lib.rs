@@ -114,7 +114,7 @@ pub async fn run(
         .await;
     token.cancel();
     let _ = publisher.await;
-    let _ = client.flush().await;
+    chat_proto::service::final_flush(&client).await;
     served?;
     Ok(())
 }
