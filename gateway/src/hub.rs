@@ -153,11 +153,20 @@ impl SocketHandle {
     }
 }
 
-/// The error of a socket over its room limit (the only `FORBIDDEN` a join gives).
-fn too_many_rooms(max: usize) -> RequestError {
-    RequestError::forbidden(format!(
+/// Whether a socket in `rooms` may join `conversation_id` (a new one when `None`): one it is in
+/// already, or one more below `max`. Over it, the only `FORBIDDEN` a join gives.
+fn room_limit(
+    rooms: &HashSet<Arc<str>>,
+    max: usize,
+    conversation_id: Option<&str>,
+) -> Result<(), RequestError> {
+    let joined = conversation_id.is_some_and(|id| rooms.contains(id));
+    if rooms.len() < max || joined {
+        return Ok(());
+    }
+    Err(RequestError::forbidden(format!(
         "a connection may be in at most {max} conversations; leave one first"
-    ))
+    )))
 }
 
 /// The close code of a socket that could not join its rooms: over its room limit, or a fault.
@@ -502,10 +511,11 @@ impl Hub {
             let Some(rooms) = registry.socket_rooms.get_mut(&socket.id) else {
                 return Ok(()); // The socket is gone.
             };
-            let max = self.inner.max_rooms_per_socket;
-            if rooms.len() >= max && !rooms.contains(conversation_id) {
-                return Err(too_many_rooms(max));
-            }
+            room_limit(
+                rooms,
+                self.inner.max_rooms_per_socket,
+                Some(conversation_id),
+            )?;
             let shard = subjects::live_shard(conversation_id);
             // The room's id is shared by its members' sets, not copied into each.
             let room = match registry.rooms.get_key_value(conversation_id) {
@@ -779,13 +789,17 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Whether a socket is in as many conversations as it may be.
-    pub fn check_room_limit(&self, socket_id: SocketId) -> Result<(), RequestError> {
-        let max = self.inner.max_rooms_per_socket;
+    /// Whether a socket may join `conversation_id` (a new conversation when `None`) within its
+    /// room limit, as [`Hub::join`] will check.
+    pub fn check_room_limit(
+        &self,
+        socket_id: SocketId,
+        conversation_id: Option<&str>,
+    ) -> Result<(), RequestError> {
         let registry = self.inner.registry.lock().expect("registry lock poisoned");
         match registry.socket_rooms.get(&socket_id) {
-            Some(rooms) if rooms.len() >= max => Err(too_many_rooms(max)),
-            _ => Ok(()),
+            Some(rooms) => room_limit(rooms, self.inner.max_rooms_per_socket, conversation_id),
+            None => Ok(()),
         }
     }
 

@@ -1074,7 +1074,10 @@ impl Session {
 
     async fn create(&mut self, data: client::CreateData) -> Result<Reply, RequestError> {
         let request = validation::new_conversation(data, &self.identity.user_id)?;
-        self.gateway.shared.hub.check_room_limit(self.socket.id)?;
+        self.gateway
+            .shared
+            .hub
+            .check_room_limit(self.socket.id, None)?;
         let conversation = self.gateway.shared.worker.create(request).await?;
         self.join_local(&conversation).await
     }
@@ -1082,7 +1085,8 @@ impl Session {
     async fn join(&mut self, data: JoinData) -> Result<Reply, RequestError> {
         validation::conversation_id(&data.conversation_id)?;
         validation::password(data.password.as_deref())?;
-        self.gateway.shared.hub.check_room_limit(self.socket.id)?;
+        let hub = &self.gateway.shared.hub;
+        hub.check_room_limit(self.socket.id, Some(&data.conversation_id))?;
         let request = v1::JoinConversationRequest {
             user_id: self.identity.user_id.to_string(),
             conversation_id: data.conversation_id,
