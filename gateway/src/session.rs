@@ -292,6 +292,7 @@ async fn open(
         Arc::clone(&outbox),
         Arc::clone(&eviction),
     );
+    let token_expiry = token_expiry(&identity, shared.settings.config.jwt_leeway);
     let mut session = Session {
         gateway: gateway.clone(),
         socket,
@@ -301,9 +302,8 @@ async fn open(
         eviction,
         typing: HashMap::new(),
         resume_wait: None,
-        token_expiry: Instant::now(),
+        token_expiry,
     };
-    session.token_expiry = session.token_expiry();
     shared.hub.register(&session.socket);
     let keys = shared.settings.resume.as_ref();
     // A resume in `auth` names the old session, which this one replaces (not counted twice).
@@ -813,8 +813,9 @@ impl Session {
                 "a connection cannot change its user",
             ));
         }
+        let leeway = self.gateway.shared.settings.config.jwt_leeway;
+        self.token_expiry = token_expiry(&identity, leeway);
         self.identity = identity;
-        self.token_expiry = self.token_expiry();
         Ok(Reply::Ack(self.connected().await?))
     }
 
@@ -830,15 +831,6 @@ impl Session {
             .message_rates
             .take(Arc::clone(&self.identity.user_id), rate)
             .map_err(|wait| RequestError::rate_limited("too many messages; slow down", wait))
-    }
-
-    /// When the identity's token expires, with the clock leeway that verification allows.
-    fn token_expiry(&self) -> Instant {
-        let leeway = self.gateway.shared.settings.config.jwt_leeway;
-        let expires_ms = self.identity.expires_at.saturating_mul(1000);
-        let now = u64::try_from(now_ms()).unwrap_or(0);
-        let left = Duration::from_millis(expires_ms.saturating_sub(now));
-        Instant::now() + left + leeway
     }
 
     /// Checks that the user is a member: from the socket's own rooms, the cache, or the worker.
@@ -1208,6 +1200,13 @@ impl Session {
         bus::publish_live(&self.gateway.shared.client, &event).await?;
         Ok(Reply::Ack(json!({})))
     }
+}
+
+/// When `identity`'s token expires, with the clock leeway that verification allows.
+fn token_expiry(identity: &Identity, leeway: Duration) -> Instant {
+    let expires_ms = identity.expires_at.saturating_mul(1000);
+    let now = u64::try_from(now_ms()).unwrap_or(0);
+    Instant::now() + Duration::from_millis(expires_ms.saturating_sub(now)) + leeway
 }
 
 /// A number in `0..bound`, spread enough for reconnection jitter.
