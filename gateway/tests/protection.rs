@@ -14,21 +14,21 @@ fn token(user: &str, ttl: Duration) -> String {
     chat_gateway::auth::mint_hs256(SECRET.as_bytes(), user, ttl, None)
 }
 
-async fn connect_with(url: &str, token: &str) -> Client {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}"))
+async fn connect_with_token(url: &str, token: &str) -> Client {
+    let request = format!("{url}?token={token}")
+        .into_client_request()
+        .unwrap();
+    Client::connect_with(request)
         .await
-        .expect("the upgrade succeeds");
-    let mut client = Client::from_ws(ws);
-    client.connected = client.expect("connected").await;
-    client
+        .expect("the upgrade succeeds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_expires_ends_its_session_with_4401_unless_refreshed() {
     let cluster = Cluster::start_with(&["--jwt-leeway", "0s"]).await;
     let url = cluster.url(0);
-    let mut expiring = connect_with(&url, &token("alice", Duration::from_secs(2))).await;
-    let mut refreshed = connect_with(&url, &token("bob", Duration::from_secs(2))).await;
+    let mut expiring = connect_with_token(&url, &token("alice", Duration::from_secs(2))).await;
+    let mut refreshed = connect_with_token(&url, &token("bob", Duration::from_secs(2))).await;
     let answer = refreshed
         .request(
             "auth",
@@ -76,10 +76,7 @@ async fn connect_from(url: &str, user: &str, address: &str) -> Result<Client, Ws
     request
         .headers_mut()
         .insert("x-forwarded-for", address.parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(request).await?;
-    let mut client = Client::from_ws(ws);
-    client.connected = client.expect("connected").await;
-    Ok(client)
+    Client::connect_with(request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +156,7 @@ async fn messages_past_a_users_rate_get_rate_limited_and_guests_have_a_tighter_r
         Duration::from_secs(600),
         Some("guest"),
     );
-    let mut gus = connect_with(&url, &guest_token).await;
+    let mut gus = connect_with_token(&url, &guest_token).await;
     let room = create_room(&mut alice, &["bob", "gus"]).await;
     bob.expect("conversation:new").await;
     gus.expect("conversation:new").await;
@@ -313,13 +310,9 @@ async fn a_socket_past_its_room_limit_is_refused_more_rooms_and_a_user_past_it_c
     bob.expect("conversation:new").await;
     create_room(&mut erin, &["bob"]).await;
     assert_eq!(bob.expect_close().await, Some(4429));
-    let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(&url, "bob"))
-        .await
-        .unwrap();
-    let mut again = Client::from_ws(ws);
-    let error = again.next_frame(common::WAIT).await.unwrap();
+    let (error, close) = common::refused(upgrade_request(&url, "bob")).await;
     assert_eq!(error["data"]["code"], "FORBIDDEN", "{error}");
-    assert_eq!(again.expect_close().await, Some(4429));
+    assert_eq!(close, Some(4429));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,10 +330,7 @@ async fn a_full_node_refuses_with_503_and_takes_connections_again_when_one_leave
     drop(bob);
     let deadline = std::time::Instant::now() + common::WAIT;
     let mut carol = loop {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(upgrade_request(&url, "carol")).await
-        {
-            let mut carol = Client::from_ws(ws);
-            carol.connected = carol.expect("connected").await;
+        if let Ok(carol) = Client::connect_with(upgrade_request(&url, "carol")).await {
             break carol;
         }
         assert!(
@@ -384,7 +374,7 @@ async fn a_gateway_takes_tokens_signed_with_a_key_of_its_jwks_file() {
     let claims = json!({ "sub": "from-the-idp", "exp": exp });
     let key = jsonwebtoken::EncodingKey::from_ec_pem(&private).unwrap();
     let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-    let client = connect_with(&cluster.url(0), &token).await;
+    let client = connect_with_token(&cluster.url(0), &token).await;
     assert_eq!(client.connected["userId"], "from-the-idp");
 }
 

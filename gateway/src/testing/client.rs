@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{WAIT, token};
@@ -49,13 +49,21 @@ pub struct Client {
 impl Client {
     /// Connects with the token in the `Authorization` header and reads `connected`.
     pub async fn connect(url: &str, user: &str) -> Self {
-        let request = upgrade_request(url, user);
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        Self::connect_with(upgrade_request(url, user))
             .await
-            .expect("the upgrade succeeds");
-        let mut client = Self::from_ws(ws);
-        client.connected = client.expect("connected").await;
-        client
+            .expect("the upgrade succeeds")
+    }
+
+    /// Upgrades with `request` and reads `connected`; the upgrade's refusal is the error.
+    pub async fn connect_with(request: Request) -> Result<Self, tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Self::from_ws(ws).connected().await)
+    }
+
+    /// Reads `connected`.
+    async fn connected(mut self) -> Self {
+        self.connected = self.expect("connected").await;
+        self
     }
 
     /// Like [`Client::connect`], with a tiny TCP receive buffer: a client that stops reading
@@ -69,9 +77,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
             .await
             .expect("the upgrade succeeds");
-        let mut client = Self::from_ws(ws);
-        client.connected = client.expect("connected").await;
-        client
+        Self::from_ws(ws).connected().await
     }
 
     pub fn from_ws(ws: Ws) -> Self {
