@@ -430,7 +430,14 @@ async fn authenticate(
     let deadline = Instant::now() + gateway.shared.settings.config.auth_timeout;
     loop {
         let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
-            Err(_) => return Err((close::AUTH_TIMEOUT, None)),
+            Err(_) => {
+                let error =
+                    RequestError::new(client::ErrorCode::Unauthorized, "no token received in time");
+                return Err((
+                    close::AUTH_TIMEOUT,
+                    Some(error.to_frame(None, Some("auth"))),
+                ));
+            }
             Ok(None | Some(Err(_))) => return Err((close::NORMAL, None)),
             Ok(Some(Ok(frame))) => frame,
         };

@@ -81,9 +81,18 @@ async fn bad_tokens_get_unauthorized_then_4401() {
     assert_eq!(frame["requestId"], "p");
     assert_eq!(client.expect_close().await, Some(4401));
 
-    // No `auth` in time (1 s in these tests).
+    // No `auth` in time (1 s in these tests): told why, then closed with 4408.
     let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    assert_eq!(Client::from_ws(ws).expect_close().await, Some(4408));
+    let mut client = Client::from_ws(ws);
+    let frame = client.next_frame(common::WAIT).await.unwrap();
+    assert_eq!(frame["event"], "error", "{frame}");
+    assert_eq!(frame["data"]["code"], "UNAUTHORIZED", "{frame}");
+    assert_eq!(
+        frame["data"]["message"], "no token received in time",
+        "{frame}"
+    );
+    assert_eq!(frame["data"]["originalEvent"], "auth", "{frame}");
+    assert_eq!(client.expect_close().await, Some(4408));
 
     // `auth` as the first frame works, and answers with `connected` as its ack.
     let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
