@@ -5,6 +5,7 @@
 //! answered. Replies stay under the server's payload limit: history pages are cut and say
 //! `has_more`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -244,22 +245,38 @@ impl<S: Store> Handlers<S> {
         Ok(())
     }
 
-    async fn announce(&self, user_id: &str, kind: v1::user_event::Kind) -> Result<(), Failure> {
+    /// Tells the routers that `joined` and `left` joined or left a conversation (who hears of
+    /// their presence follows at once) and returns where each is connected; `None` (announce to
+    /// every node) without routers or when they cannot say.
+    async fn members_changed(
+        &self,
+        conversation_id: &str,
+        joined: &[String],
+        left: &[String],
+    ) -> Option<HashMap<String, Vec<String>>> {
+        let routers = self.routers.as_ref()?;
+        routers
+            .members_changed(conversation_id, joined.to_vec(), left.to_vec())
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "no placement; the events go to every node");
+                None
+            })
+    }
+
+    /// Announces `kind` to `user_id` on the nodes of `placement` (every node when `None`).
+    async fn announce(
+        &self,
+        user_id: &str,
+        kind: v1::user_event::Kind,
+        placement: Option<&HashMap<String, Vec<String>>>,
+    ) -> Result<(), Failure> {
         let event = v1::UserEvent {
             user_id: user_id.to_owned(),
             kind: Some(kind),
         };
-        let nodes = match &self.routers {
-            None => None,
-            Some(routers) => match routers.user_nodes(user_id).await {
-                Ok(nodes) => nodes,
-                Err(error) => {
-                    tracing::warn!(%error, "no placement; the event goes to every node");
-                    None
-                }
-            },
-        };
-        Ok(bus::publish_user(&self.client, &event, nodes.as_deref()).await?)
+        let nodes = placement.map(|p| p.get(user_id).map_or(&[][..], Vec::as_slice));
+        Ok(bus::publish_user(&self.client, &event, nodes).await?)
     }
 
     async fn load(&self, conversation_id: &str) -> Result<v1::Conversation, Failure> {
@@ -294,18 +311,26 @@ impl<S: Store> Handlers<S> {
             participant_ids,
         };
         let created = v1::ConversationCreated {
-            conversation: Some(conversation.clone()),
+            conversation: Some(conversation),
             password_hash: r.password.as_deref().map(password::hash),
         };
-        self.record(&id, Kind::ConversationCreated(created)).await?;
+        self.record(&id, Kind::ConversationCreated(created.clone()))
+            .await?;
+        let participant_ids = created
+            .conversation
+            .map(|c| c.participant_ids)
+            .unwrap_or_default();
+        // As stored: the participant list it carries is cut for large rooms; every participant
+        // is told all the same.
         let conversation = self.load(&id).await?;
-        for user_id in &conversation.participant_ids {
+        let placement = self.members_changed(&id, &participant_ids, &[]).await;
+        for user_id in &participant_ids {
             let joined = v1::ConversationJoined {
                 conversation: Some(conversation.clone()),
                 created: true,
             };
-            self.announce(user_id, v1::user_event::Kind::Joined(joined))
-                .await?;
+            let kind = v1::user_event::Kind::Joined(joined);
+            self.announce(user_id, kind, placement.as_ref()).await?;
         }
         Ok(conversation)
     }
@@ -346,8 +371,10 @@ impl<S: Store> Handlers<S> {
             conversation: Some(conversation.clone()),
             created: false,
         };
-        self.announce(&r.user_id, v1::user_event::Kind::Joined(joined))
-            .await?;
+        let users = [r.user_id];
+        let placement = self.members_changed(&conversation.id, &users, &[]).await;
+        let kind = v1::user_event::Kind::Joined(joined);
+        self.announce(&users[0], kind, placement.as_ref()).await?;
         Ok(conversation)
     }
 
@@ -369,8 +396,10 @@ impl<S: Store> Handlers<S> {
         let gone = v1::ConversationRemoved {
             conversation_id: r.conversation_id.clone(),
         };
-        self.announce(&r.user_id, v1::user_event::Kind::Removed(gone))
-            .await?;
+        let users = [r.user_id];
+        let placement = self.members_changed(&r.conversation_id, &[], &users).await;
+        let kind = v1::user_event::Kind::Removed(gone);
+        self.announce(&users[0], kind, placement.as_ref()).await?;
         self.load(&r.conversation_id).await
     }
 }

@@ -77,23 +77,41 @@ impl Routers {
         self.clients[index].clone()
     }
 
-    /// The nodes where `user_id` has sessions (each once); `None` when the owner router may not
-    /// know all of them yet (it just started).
-    pub async fn user_nodes(&self, user_id: &str) -> Result<Option<Vec<String>>, RoutingError> {
-        let reply = self
-            .client(self.owner(user_id))
-            .user_sessions(v1::UserSessionsRequest {
-                user_id: user_id.to_owned(),
-            })
-            .await?
-            .into_inner();
-        if !reply.complete {
-            return Ok(None);
+    /// Tells the owners of `joined` and `left` that they joined or left `conversation_id`, and
+    /// returns the nodes of each of them; `None` when an owner router may not know all of them
+    /// yet (it just started).
+    pub async fn members_changed(
+        &self,
+        conversation_id: &str,
+        joined: Vec<String>,
+        left: Vec<String>,
+    ) -> Result<Option<HashMap<String, Vec<String>>>, RoutingError> {
+        let mut by_owner: Vec<(Vec<String>, Vec<String>)> = vec![Default::default(); self.len()];
+        for user_id in joined {
+            by_owner[self.owner(&user_id)].0.push(user_id);
         }
-        let mut nodes: Vec<String> = reply.sessions.into_iter().map(|s| s.node_id).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        Ok(Some(nodes))
+        for user_id in left {
+            by_owner[self.owner(&user_id)].1.push(user_id);
+        }
+        let mut nodes = HashMap::new();
+        let mut complete = true;
+        for (index, (joined, left)) in by_owner.into_iter().enumerate() {
+            if joined.is_empty() && left.is_empty() {
+                continue;
+            }
+            let reply = self
+                .client(index)
+                .members_changed(v1::MembersChangedRequest {
+                    conversation_id: conversation_id.to_owned(),
+                    joined,
+                    left,
+                })
+                .await?
+                .into_inner();
+            complete &= reply.complete;
+            nodes.extend(reply.users.into_iter().map(|u| (u.user_id, u.node_ids)));
+        }
+        Ok(complete.then_some(nodes))
     }
 
     /// What others see of each of `user_ids`.

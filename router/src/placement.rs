@@ -205,6 +205,46 @@ impl Placement {
         }
     }
 
+    /// Users joined (`joined`) or left a conversation: it is added to or taken from who hears of
+    /// each one's presence, the pending change of one who just left included. A user whose
+    /// conversations no node has told yet keeps them unknown: the node's list will have it.
+    pub fn members_changed(&mut self, conversation_id: &str, joined: &[String], left: &[String]) {
+        let changes = joined
+            .iter()
+            .map(|user| (user, true))
+            .chain(left.iter().map(|user| (user, false)));
+        for (user_id, member) in changes {
+            if let Some(User {
+                conversations: Some(conversations),
+                ..
+            }) = self.users.get_mut(user_id.as_str())
+            {
+                *conversations = with_member(conversations, conversation_id, member);
+            }
+            if let Some(before) = self.changed.get_mut(user_id.as_str()) {
+                before.conversations = with_member(&before.conversations, conversation_id, member);
+            }
+        }
+    }
+
+    /// The nodes of each user, each node once.
+    pub fn nodes_of(&self, user_ids: Vec<String>) -> Vec<v1::UserNodes> {
+        user_ids
+            .into_iter()
+            .map(|user_id| {
+                let mut node_ids: Vec<String> = self
+                    .users
+                    .get(user_id.as_str())
+                    .map_or_else(Vec::new, |user| {
+                        user.sessions.iter().map(|s| s.node.to_string()).collect()
+                    });
+                node_ids.sort_unstable();
+                node_ids.dedup();
+                v1::UserNodes { user_id, node_ids }
+            })
+            .collect()
+    }
+
     /// A user sets their status (for all their sessions).
     pub fn set_status(&mut self, user_id: &str, status: Status) {
         let Some((user_id, _)) = self.users.get_key_value(user_id) else {
@@ -395,6 +435,19 @@ impl Placement {
     }
 }
 
+/// `conversations` with `conversation_id` in it (`member`) or not.
+fn with_member(conversations: &[String], conversation_id: &str, member: bool) -> Arc<[String]> {
+    let others = conversations.iter().filter(|c| **c != *conversation_id);
+    if member {
+        others
+            .cloned()
+            .chain([conversation_id.to_owned()])
+            .collect()
+    } else {
+        others.cloned().collect()
+    }
+}
+
 /// A real change of what others see of a user.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -454,6 +507,31 @@ mod tests {
             changes(&mut placement),
             [("ann".into(), Status::Online, Status::Offline)]
         );
+    }
+
+    #[test]
+    fn a_conversation_made_as_a_member_leaves_still_hears_of_the_leaving() {
+        let mut placement = attached(&["a", "b"]);
+        placement.open("a", session("ann", "1", &[]), "");
+        placement.set_conversations("ann", vec!["old".into()]);
+        placement.open("b", session("bob", "2", &[]), "");
+        placement.set_conversations("bob", Vec::new());
+        changes(&mut placement);
+        // Ann's close reaches the router before the conversation made with her a moment earlier.
+        placement.close("ann", "1");
+        placement.members_changed("new", &["ann".into(), "bob".into()], &[]);
+        let offline = placement.take_changes(Instant::now());
+        assert_eq!(offline.len(), 1);
+        assert_eq!(&*offline[0].1.conversations, ["old", "new"]);
+        // Bob, still connected, is heard of in it; leaving it takes it away again.
+        let nodes = placement.nodes_of(vec!["bob".into(), "ann".into()]);
+        assert_eq!(nodes[0].node_ids, ["b"]);
+        assert!(nodes[1].node_ids.is_empty());
+        placement.members_changed("other", &["bob".into()], &[]);
+        placement.members_changed("new", &[], &["bob".into()]);
+        placement.close("bob", "2");
+        let offline = placement.take_changes(Instant::now());
+        assert_eq!(&*offline[0].1.conversations, ["other"]);
     }
 
     #[test]

@@ -292,6 +292,18 @@ impl v1::router_server::Router for Router {
         Ok(Response::new(v1::OnlineMembersReply { user_ids }))
     }
 
+    async fn members_changed(
+        &self,
+        request: Request<v1::MembersChangedRequest>,
+    ) -> Result<Response<v1::UserNodesReply>, Status> {
+        let request = request.into_inner();
+        let mut placement = self.placement();
+        placement.members_changed(&request.conversation_id, &request.joined, &request.left);
+        let users = placement.nodes_of(request.joined.into_iter().chain(request.left).collect());
+        let complete = Instant::now() >= self.inner.grace_ends;
+        Ok(Response::new(v1::UserNodesReply { users, complete }))
+    }
+
     async fn cluster_stats(
         &self,
         _request: Request<v1::ClusterStatsRequest>,

@@ -477,6 +477,31 @@ async fn presence_follows_conversations_joined_while_connected() {
 }
 
 #[tokio::test]
+async fn a_partner_who_leaves_as_the_room_is_made_is_reported_offline() {
+    let setup = Setup::start(2, 5).await;
+    for attempt in 0..5 {
+        let (alice_name, bob_name) = (format!("alice-{attempt}"), format!("bob-{attempt}"));
+        let mut alice = setup.client(0, &alice_name).await;
+        let bob = setup.client(1, &bob_name).await;
+        // Online for longer than the presence window, so that his leaving is a change.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Alice asks for the room and Bob is gone a moment later: his close may reach the
+        // router before the room does, or before his gateway hears that he is in it.
+        let create = json!({
+            "event": "room:create",
+            "requestId": "create",
+            "data": { "participantIds": [bob_name] },
+        });
+        alice.send_text(create.to_string()).await;
+        drop(bob);
+        let ack = alice.answer("create").await;
+        assert_eq!(ack["event"], "ack", "{ack}");
+        let offline = alice.expect("user:offline").await;
+        assert_eq!(user_of(&offline), bob_name, "attempt {attempt}");
+    }
+}
+
+#[tokio::test]
 async fn events_for_one_user_go_only_to_the_nodes_that_hold_them() {
     use futures_util::StreamExt as _;
     let setup = Setup::start(2, 5).await;
