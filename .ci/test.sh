@@ -11,4 +11,5 @@ if [ -z "${SCYLLA_URI:-}" ]; then
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+deploy/test-local-cluster.sh
 cargo test --workspace --locked

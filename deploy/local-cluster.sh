@@ -6,18 +6,24 @@
 #   deploy/local-cluster.sh            # keeps history in .local/cluster between runs
 #   deploy/local-cluster.sh --fresh    # starts from nothing
 #
+# A process that dies is reported and the others keep running (kill a gateway to try failover:
+# `kill $(cat .local/cluster/gateway-1.pid)`); Ctrl-C stops them all.
+#
 # Ports (environment): NATS_PORT (4222), ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"),
 # ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
-# off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0".
+# off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
+# and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-state=.local/cluster
+state=${CLUSTER_DIR:-.local/cluster}
+profile=${PROFILE:-release}
 [ "${1:-}" = "--fresh" ] && rm -rf "$state"
 mkdir -p "$state"
 
 deploy/install-nats.sh
-echo "building (release)…"
-cargo build --release -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
+echo "building ($profile)…"
+cargo build --profile "$profile" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
+bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 nats_port=${NATS_PORT:-4222}
 router_port=${ROUTER_PORT:-7070}
@@ -35,6 +41,16 @@ for port in "$nats_port" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}
 done
 
 pids=()
+declare -A names=()
+# Starts a process in the background, logging to $state/NAME.log, its pid in $state/NAME.pid.
+start() {
+  local name=$1
+  shift
+  "$@" >"$state/$name.log" 2>&1 &
+  pids+=($!)
+  names[$!]=$name
+  echo $! >"$state/$name.pid"
+}
 cleanup() {
   trap - EXIT INT TERM
   echo; echo "stopping…"
@@ -46,20 +62,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$state/nats" >"$state/nats.log" 2>&1 &
-pids+=($!)
+start nats nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$state/nats"
 for _ in $(seq 50); do
   port_free "$nats_port" || break
   sleep 0.1
 done
 
-./target/release/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port" \
-  >"$state/router.log" 2>&1 &
-pids+=($!)
-
-./target/release/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
-  --router-urls "$router_url" >"$state/worker.log" 2>&1 &
-pids+=($!)
+start router "$bin"/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port"
+start worker "$bin"/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
+  --router-urls "$router_url"
 for _ in $(seq 100); do
   grep -q "worker ready" "$state/worker.log" && break
   kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/worker.log"; exit 1; }
@@ -67,12 +78,11 @@ for _ in $(seq 100); do
 done
 
 for i in 0 1; do
-  ./target/release/chat-gateway --nats-url "$nats_url" \
+  # shellcheck disable=SC2086 # GATEWAY_FLAGS is a list of flags
+  start "gateway-$((i + 1))" "$bin"/chat-gateway --nats-url "$nats_url" \
     --listen "127.0.0.1:${gateway_ports[$i]}" --admin-listen "127.0.0.1:${admin_ports[$i]}" \
     --node-id "gateway-$((i + 1))" --allowed-origins '*' --router-urls "$router_url" \
-    ${GATEWAY_FLAGS:-} \
-    >"$state/gateway-$((i + 1)).log" 2>&1 &
-  pids+=($!)
+    ${GATEWAY_FLAGS:-}
 done
 ready() (
   exec 3<>"/dev/tcp/127.0.0.1/$1"
@@ -86,7 +96,7 @@ for i in 0 1; do
   done
 done
 
-token() { ./target/release/chat-gateway dev-token --user "$1" --ttl 24h; }
+token() { "$bin"/chat-gateway dev-token --user "$1" --ttl 24h; }
 cat <<INFO
 
 Chat backend running (logs in $state/):
@@ -99,13 +109,24 @@ Chat backend running (logs in $state/):
 Development tokens (HS256, secret generated for this run, valid 24 h):
   alice: $(token alice)
   bob:   $(token bob)
-  more:  CHAT_JWT_SECRET=\$(cat $state/dev-secret) ./target/release/chat-gateway dev-token --user NAME
+  more:  CHAT_JWT_SECRET=\$(cat $state/dev-secret) $bin/chat-gateway dev-token --user NAME
 
 Try it (two terminals, with websocat or any WebSocket client):
   websocat "ws://127.0.0.1:${gateway_ports[0]}/ws?token=<alice's token>"
   {"event":"room:create","requestId":"1","data":{"title":"hi","participantIds":["bob"]}}
   {"event":"message:send","requestId":"2","data":{"conversationId":"<id>","content":"hello"}}
 
-Ctrl-C stops everything.
+A process that dies is reported here and the others keep running; Ctrl-C stops everything.
 INFO
-wait -n || true
+# Until Ctrl-C (or until every process is gone): report each process that ends.
+running=("${pids[@]}")
+while ((${#running[@]})); do
+  status=0
+  wait -n -p gone "${running[@]}" || status=$?
+  [ -n "${gone:-}" ] || break
+  echo "$(date +%T) ${names[$gone]} (pid $gone) exited with status $status; log: $state/${names[$gone]}.log; the rest keep running"
+  left=()
+  for pid in "${running[@]}"; do [ "$pid" = "$gone" ] || left+=("$pid"); done
+  running=("${left[@]}")
+  gone=
+done
