@@ -3,7 +3,8 @@
 //! It owns the stream's configuration ([`stream`]), consumes the stream into the store in
 //! batches ([`consumer`]), and answers the reads and membership changes that need the store over
 //! NATS request-reply ([`rpc`]). [`store`] is the storage interface with the embedded SQLite
-//! implementation. [`run`] starts all of it, exactly as `main` and the tests do.
+//! implementation. [`run`] starts all of it, exactly as `main` and the tests do; `main` first
+//! checks the options ([`Config::validate`]).
 
 pub mod config;
 pub mod consumer;
@@ -50,14 +51,16 @@ pub enum WorkerError {
     },
 }
 
-/// Connects to NATS with the worker's options.
+/// Connects to NATS (one URL or several, comma-separated) with the worker's options.
 pub async fn connect(nats_url: &str) -> Result<async_nats::Client, WorkerError> {
+    let servers = chat_proto::options::nats_servers(nats_url)
+        .map_err(|e| WorkerError::Nats(e.to_string()))?;
     async_nats::ConnectOptions::new()
         .name("chat-persistence-worker")
         .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
         .event_callback(|event| async move { tracing::info!(%event, "nats") })
-        .connect(nats_url)
+        .connect(servers)
         .await
         .map_err(|e| WorkerError::Nats(e.to_string()))
 }
@@ -65,6 +68,11 @@ pub async fn connect(nats_url: &str) -> Result<async_nats::Client, WorkerError> 
 /// Runs the worker on the embedded store until `shutdown` resolves, then finishes the batch and
 /// the requests under way.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    let routers = if config.router_urls.is_empty() {
+        None
+    } else {
+        Some(Routers::new(&config.router_urls, config.router_timeout)?)
+    };
     let store = SqliteStore::open(&config.db_path)?;
     let client = connect(&config.nats_url).await?;
     let js = jetstream::new(client.clone());
@@ -73,11 +81,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
     consumer::check_stream_position(&mut stream, &store).await?;
 
-    let routers = if config.router_urls.is_empty() {
-        None
-    } else {
-        Some(Routers::new(&config.router_urls, config.router_timeout)?)
-    };
     let token = CancellationToken::new();
     let batching = consumer::Batching {
         size: usize::from(config.batch_size),

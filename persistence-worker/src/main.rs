@@ -12,6 +12,10 @@ async fn main() -> ExitCode {
         Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
     chat_proto::service::init_tracing(config.log_json);
+    if let Err(error) = config.validate() {
+        eprintln!("error: {error}");
+        return ExitCode::from(chat_proto::service::EX_USAGE);
+    }
     chat_proto::service::exit_code(run(config).await)
 }
 

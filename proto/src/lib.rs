@@ -9,6 +9,8 @@
 //! - [`history`]: the window of a history read, shared by the gateway and the worker.
 //! - [`bus`]: publishing conversation events durably, then live.
 //! - [`routing`]: clients of the routers, the users split over them by hash of user id.
+//! - [`options`]: the checks of the options every binary shares (durations, counts, NATS and
+//!   router URLs), from which each binary's `validate` is built.
 //! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
 //! - `service` (feature `service`): logging and the shutdown signal of every binary.
 //! - `testing` (feature `test-util`): a real `nats-server` for tests.
@@ -18,6 +20,7 @@
 pub mod bus;
 pub mod client;
 pub mod history;
+pub mod options;
 pub mod routing;
 pub mod subjects;
 pub mod timestamp;

@@ -28,6 +28,36 @@ impl From<tonic::Status> for RoutingError {
     }
 }
 
+/// Checks that `url` is a router's address as the channels use it, `http://host:port` with
+/// nothing after; the endpoint for it, or why not. `https` is refused: this build has no TLS, so
+/// every call would fail.
+pub fn check_url(url: &str) -> Result<Endpoint, String> {
+    if url.trim().is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string().to_ascii_lowercase())?;
+    let uri = endpoint.uri();
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err("https needs TLS, which this build lacks: use http".to_owned()),
+        Some(other) => return Err(format!("the scheme must be http, not {other}")),
+        None => return Err("it has no scheme: write http://host:port".to_owned()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("it has no host".to_owned());
+    }
+    match uri.port_u16() {
+        None => return Err("it has no port".to_owned()),
+        Some(0) => return Err("port 0 is not a router's port".to_owned()),
+        Some(_) => {}
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err("a path or query would be ignored: give only http://host:port".to_owned());
+    }
+    Ok(endpoint)
+}
+
 /// The routers, in the order every gateway and worker is given them (the order decides owners).
 #[derive(Debug, Clone)]
 pub struct Routers {
@@ -41,11 +71,10 @@ impl Routers {
         let clients = urls
             .iter()
             .map(|url| {
-                let endpoint =
-                    Endpoint::from_shared(url.clone()).map_err(|e| RoutingError::Url {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let endpoint = check_url(url).map_err(|reason| RoutingError::Url {
+                    url: url.clone(),
+                    reason,
+                })?;
                 let channel = endpoint
                     .connect_timeout(timeout)
                     .timeout(timeout)

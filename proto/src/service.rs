@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-/// The exit code for a command line that did not parse: 64 (bad input) after the error, or 0
+/// The exit code for bad options (`EX_USAGE` of `sysexits.h`): a command line that does not
+/// parse, or a value its binary's `validate` refuses.
+pub const EX_USAGE: u8 = 64;
+
+/// The exit code for a command line that did not parse: [`EX_USAGE`] after the error, or 0
 /// after `--help` and `--version`.
 pub fn exit_for_parse_error(error: &clap::Error) -> ExitCode {
     let _ = error.print();
     if error.use_stderr() {
-        ExitCode::from(64)
+        ExitCode::from(EX_USAGE)
     } else {
         ExitCode::SUCCESS
     }

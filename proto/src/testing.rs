@@ -1,6 +1,6 @@
 //! A real `nats-server` for tests: JetStream on, a free port, its own store directory, killed on
 //! drop. The binary is `$NATS_SERVER` or `nats-server` on the `PATH` (the test command installs
-//! it from the OS packages).
+//! it from the OS packages). [`run_to_exit`] runs a binary with a deadline.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -86,5 +86,55 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// How a binary run by [`run_to_exit`] ended.
+#[derive(Debug)]
+pub struct Exited {
+    /// Its exit code; `None` when a signal ended it, or when it was killed at the deadline.
+    pub code: Option<i32>,
+    /// Whether it was still running at the deadline (then it was killed).
+    pub timed_out: bool,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Runs `binary` with `args` and no environment (so no `CHAT_*` variable of the caller's leaks
+/// in), and waits for it to exit; at `deadline` it is killed instead: a test of a binary that
+/// should refuse its options at once must not hang when it does not.
+pub fn run_to_exit(binary: &str, args: &[&str], deadline: Duration) -> Exited {
+    use std::io::Read as _;
+
+    let mut child = Command::new(binary)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+    // Read on another thread: a child that logs while it hangs must not block on a full pipe.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let until = Instant::now() + deadline;
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break (status, false);
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            break (child.wait().expect("the killed child can be reaped"), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Exited {
+        code: if timed_out { None } else { status.code() },
+        timed_out,
+        stderr: reader.join().expect("the stderr reader does not panic"),
     }
 }

@@ -12,57 +12,22 @@
 //!
 //! Several routers can share the users by hash of user id: each gateway attaches to all of them
 //! and sends each user's updates and lookups to its owner (`chat_proto::routing`).
+//!
+//! [`config`] holds the options, checked by [`Config::validate`] before anything is bound or
+//! connected.
 
+pub mod config;
 pub mod placement;
 pub mod service;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use config::Config;
 pub use service::Router;
-
-/// The routing broker: session placement, presence and the per-user session limit, over gRPC.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "chat-router", version)]
-pub struct Config {
-    /// Address of the gRPC service.
-    #[arg(long, env = "CHAT_ROUTER_LISTEN", default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
-
-    /// NATS server URL(s), comma-separated: presence changes are published there.
-    #[arg(long, env = "CHAT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// How long a gateway node keeps its sessions without a sign of life (it sends heartbeats
-    /// three times as often). A crashed node's users go offline within it. After a router start,
-    /// presence changes wait this long while the nodes re-register.
-    #[arg(long, env = "CHAT_ROUTER_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub lease: Duration,
-
-    /// Most sessions one user may have across the cluster; the next connect is closed with 4429.
-    #[arg(long, env = "CHAT_MAX_SESSIONS_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sessions_per_user: u32,
-
-    /// Presence changes are gathered this long before they are published: a user who leaves
-    /// and comes back within it (a reconnection) causes none.
-    #[arg(long, env = "CHAT_PRESENCE_WINDOW", default_value = "250ms", value_parser = humantime::parse_duration)]
-    pub presence_window: Duration,
-
-    /// How long a user must have been gone (no session, or invisible) before others hear they
-    /// went offline: a reconnection, or a drained gateway's clients moving to another one
-    /// (spread over up to 5 s), causes no offline-online flicker.
-    #[arg(long, env = "CHAT_OFFLINE_DELAY", default_value = "6s", value_parser = humantime::parse_duration)]
-    pub offline_delay: Duration,
-
-    /// Write logs as JSON lines.
-    #[arg(long, env = "CHAT_LOG_JSON")]
-    pub log_json: bool,
-}
 
 /// Failures that stop the router.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +50,10 @@ pub async fn run(
         .name("chat-router")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .connect(&config.nats_url)
+        .connect(
+            chat_proto::options::nats_servers(&config.nats_url)
+                .map_err(|e| RouterError::Nats(e.to_string()))?,
+        )
         .await
         .map_err(|e| RouterError::Nats(e.to_string()))?;
     // The grace after the start is a lease: every live node re-registers within it.

@@ -12,13 +12,17 @@ async fn main() -> ExitCode {
         Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
     chat_proto::service::init_tracing(config.log_json);
+    if let Err(error) = config.validate() {
+        eprintln!("error: {error}");
+        return ExitCode::from(chat_proto::service::EX_USAGE);
+    }
     chat_proto::service::exit_code(run(config).await)
 }
 
 async fn run(config: chat_router::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
     chat_router::run(config, listener, chat_proto::service::shutdown_signal())
         .await
         .context("the router stopped")
