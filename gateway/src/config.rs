@@ -1,10 +1,12 @@
 //! The gateway's configuration, from flags and environment variables. Parsing binds nothing;
-//! [`Config::validate`] turns the raw options into the checked [`Settings`] the gateway runs on.
+//! [`Config::check`] checks every option (a pure function), and [`Config::validate`] turns the
+//! checked options into the [`Settings`] the gateway runs on, loading the keys.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chat_proto::options::{self, OptionError};
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{JwksFile, KeySpec, Verifier};
@@ -51,7 +53,7 @@ pub struct Config {
     #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
     pub admin_listen: SocketAddr,
 
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated (`nats://host:port`).
     #[arg(long, env = "CHAT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
@@ -82,7 +84,8 @@ pub struct Config {
     #[arg(long, env = "CHAT_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
 
-    /// How old the keys of `--jwks-file` may get before it is read again.
+    /// How old the keys of `--jwks-file` may get before it is read again. More than 0, at
+    /// most 10y.
     #[arg(long, env = "CHAT_JWKS_REFRESH", default_value = "60s", value_parser = humantime::parse_duration)]
     pub jwks_refresh: Duration,
 
@@ -94,7 +97,7 @@ pub struct Config {
     #[arg(long, env = "CHAT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Clock leeway for `exp` and `nbf`.
+    /// Clock leeway for `exp` and `nbf`: 0 (none) to 10y.
     #[arg(long, env = "CHAT_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwt_leeway: Duration,
 
@@ -105,51 +108,56 @@ pub struct Config {
 
     /// Most connections this node holds; more are refused with HTTP 503. Default: the
     /// open-files limit (raised to its hard limit at start) less 1,024 for everything else.
+    /// At least 1.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Largest message a client may send, after reassembly (larger: PROTOCOL_ERROR).
+    /// Largest message a client may send, after reassembly (larger: PROTOCOL_ERROR). At least
+    /// 1, at most `--max-transport-bytes`.
     #[arg(long, env = "CHAT_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
-    /// Transport cap: a message over it closes the connection with 1009.
+    /// Transport cap: a message over it closes the connection with 1009. 1 to 1 GiB
+    /// (1073741824).
     #[arg(long, env = "CHAT_MAX_TRANSPORT_BYTES", default_value_t = 256 * 1024)]
     pub max_transport_bytes: usize,
 
     /// Frames queued for one socket before it counts as backed up: then typing and receipt
     /// pushes to it are dropped, and it has `--slow-consumer-grace` to catch up (its queue may
-    /// grow to 4 times this meanwhile) before it is closed with 4503.
+    /// grow to 4 times this meanwhile) before it is closed with 4503. 1 to 1000000.
     #[arg(long, env = "CHAT_OUTBOX_FRAMES", default_value_t = 256)]
     pub outbox_frames: usize,
 
     /// How long a socket may stay backed up (see `--outbox-frames`) before it is closed with
-    /// 4503; it never slows the delivery to anyone else.
+    /// 4503; it never slows the delivery to anyone else. 0 (closed as soon as it is backed up)
+    /// to 10y.
     #[arg(long, env = "CHAT_SLOW_CONSUMER_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub slow_consumer_grace: Duration,
 
     /// Most conversations one socket may be in. `room:create` and `room:join` beyond it get
     /// `FORBIDDEN`; a user in more cannot connect (close 4429), and a socket added to one more
-    /// by someone else is closed with 4429.
+    /// by someone else is closed with 4429. At least 1.
     #[arg(long, env = "CHAT_MAX_ROOMS_PER_SOCKET", default_value_t = 10_000)]
     pub max_rooms_per_socket: usize,
 
-    /// Most `message:send` requests of one socket awaiting the stream's acknowledgement.
+    /// Most `message:send` requests of one socket awaiting the stream's acknowledgement; at
+    /// least 1.
     #[arg(long, env = "CHAT_MAX_PENDING_SENDS", default_value_t = 32)]
     pub max_pending_sends: usize,
 
-    /// Most characters of a message's `content`.
+    /// Most characters of a message's `content`; at least 1.
     #[arg(long, env = "CHAT_MAX_CONTENT_CHARS", default_value_t = 5_000)]
     pub max_content_chars: usize,
 
-    /// Most attachments of a message.
+    /// Most attachments of a message (0: none allowed).
     #[arg(long, env = "CHAT_MAX_ATTACHMENTS", default_value_t = 10)]
     pub max_attachments: usize,
 
-    /// Most bytes of a message's `metadata` (as JSON).
+    /// Most bytes of a message's `metadata` (as JSON; 0: no metadata allowed).
     #[arg(long, env = "CHAT_MAX_METADATA_BYTES", default_value_t = 4 * 1024)]
     pub max_metadata_bytes: usize,
 
-    /// Deepest nesting of a message's `metadata`.
+    /// Deepest nesting of a message's `metadata`; at least 1 (the object itself).
     #[arg(long, env = "CHAT_MAX_METADATA_DEPTH", default_value_t = 8)]
     pub max_metadata_depth: usize,
 
@@ -180,31 +188,33 @@ pub struct Config {
     #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = IpBlock::parse)]
     pub trusted_proxies: Vec<IpBlock>,
 
-    /// How long a client has to send `auth` when it did not authenticate on upgrade.
+    /// How long a client has to send `auth` when it did not authenticate on upgrade. More than
+    /// 0, at most 10y.
     #[arg(long, env = "CHAT_AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub auth_timeout: Duration,
 
-    /// Interval of protocol pings.
+    /// Interval of protocol pings. More than 0, shorter than `--idle-timeout`.
     #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
-    /// A connection silent for this long (no frame, no pong) is closed.
+    /// A connection silent for this long (no frame, no pong) is closed. Longer than
+    /// `--ping-interval`, at most 10y.
     #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
-    /// How long a request to the persistence worker may take.
+    /// How long a request to the persistence worker may take. More than 0, at most 10y.
     #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
-    /// Router gRPC URLs (`http://host:port`), comma-separated. The users are split over them by
-    /// hash of user id in this order: give every gateway and worker the same list. Without one,
-    /// presence is not tracked and the per-user session limit is not enforced.
+    /// Router gRPC URLs (`http://host:port`, no TLS), comma-separated. The users are split over
+    /// them by hash of user id in this order: give every gateway and worker the same list.
+    /// Without one, presence is not tracked and the per-user session limit is not enforced.
     #[arg(long, env = "CHAT_ROUTER_URLS", value_delimiter = ',')]
     pub router_urls: Vec<String>,
 
     /// How long a call to a router may take. Past it the gateway goes on without the answer:
     /// a new session is admitted (the session limit fails open), a presence query fails with
-    /// `UNAVAILABLE`.
+    /// `UNAVAILABLE`. More than 0, at most 10y.
     #[arg(long, env = "CHAT_ROUTER_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub router_timeout: Duration,
 
@@ -213,21 +223,22 @@ pub struct Config {
     #[arg(long, env = "CHAT_RESUME_SECRET", hide_env_values = true)]
     pub resume_secret: Option<String>,
 
-    /// How long a resume token is valid after its connection started.
+    /// How long a resume token is valid after its connection started: 1s to 10y.
     #[arg(long, env = "CHAT_RESUME_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub resume_ttl: Duration,
 
-    /// How long membership and conversation look-ups are cached.
+    /// How long membership and conversation look-ups are cached. More than 0, at most 10y.
     #[arg(long, env = "CHAT_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
 
     /// On SIGTERM, how long clients have to move: each is told `server:draining` with a
     /// `reconnectAfterMs` spread over this time and keeps being served until it goes; the rest
-    /// are closed with 1012 at its end.
+    /// are closed with 1012 at its end. 0 (all closed at once) to 10y.
     #[arg(long, env = "CHAT_DRAIN_TIME", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_time: Duration,
 
-    /// After the drain time, how long shutdown waits for connections to close.
+    /// After the drain time, how long shutdown waits for connections to close: 0 (no wait) to
+    /// 10y.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -250,9 +261,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
-    /// Limits that cannot hold together.
-    #[error("{0}")]
-    Inconsistent(&'static str),
+    /// An option's value out of its range, or options that contradict each other.
+    #[error(transparent)]
+    Option(#[from] OptionError),
 }
 
 /// The origins that may connect.
@@ -292,9 +303,174 @@ pub struct Settings {
     pub resume: Option<crate::resume::ResumeKeys>,
 }
 
+/// The largest `--max-transport-bytes`: 1 GiB.
+pub const MAX_TRANSPORT_BYTES: usize = 1 << 30;
+/// The largest `--outbox-frames` (a backed-up outbox may hold 4 times as many).
+pub const MAX_OUTBOX_FRAMES: usize = 1_000_000;
+
 impl Config {
-    /// Checks the options and loads the keys; no socket is touched.
+    /// Checks every option but the keys; touches no file, socket or environment variable.
+    pub fn check(&self) -> Result<(), OptionError> {
+        options::nats_servers(&self.nats_url)?;
+        options::router_urls(&self.router_urls)?;
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(OptionError::Conflict {
+                option: "admin-listen",
+                relation: "another address than",
+                other: "listen",
+                why: "both listeners cannot bind the same address",
+            });
+        }
+        self.check_durations()?;
+        self.check_counts()
+    }
+
+    fn check_durations(&self) -> Result<(), OptionError> {
+        let positive = [
+            (
+                "jwks-refresh",
+                self.jwks_refresh,
+                "the key file would be read again for every token",
+            ),
+            (
+                "auth-timeout",
+                self.auth_timeout,
+                "no client could authenticate",
+            ),
+            (
+                "ping-interval",
+                self.ping_interval,
+                "pings would be sent without pause",
+            ),
+            (
+                "idle-timeout",
+                self.idle_timeout,
+                "every connection would be idle",
+            ),
+            (
+                "request-timeout",
+                self.request_timeout,
+                "every request to the worker and the stream would time out",
+            ),
+            (
+                "router-timeout",
+                self.router_timeout,
+                "every router call would time out",
+            ),
+            (
+                "cache-ttl",
+                self.cache_ttl,
+                "every message would look its conversation's members up in the worker",
+            ),
+        ];
+        for (option, value, why) in positive {
+            options::positive_duration(option, value, why)?;
+        }
+        let zero_allowed = [
+            ("jwt-leeway", self.jwt_leeway),
+            ("slow-consumer-grace", self.slow_consumer_grace),
+            ("drain-time", self.drain_time),
+            ("shutdown-grace", self.shutdown_grace),
+            ("resume-ttl", self.resume_ttl),
+        ];
+        for (option, value) in zero_allowed {
+            options::duration(option, value)?;
+        }
+        if self.resume_ttl < Duration::from_secs(1) {
+            return Err(OptionError::OutOfRange {
+                option: "resume-ttl",
+                reason: "must be at least 1s: resume tokens expire in whole seconds".to_owned(),
+            });
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(OptionError::Conflict {
+                option: "idle-timeout",
+                relation: "longer than",
+                other: "ping-interval",
+                why: "a client that answers every ping would be closed as idle",
+            });
+        }
+        Ok(())
+    }
+
+    fn check_counts(&self) -> Result<(), OptionError> {
+        let count = |value: usize| u64::try_from(value).unwrap_or(u64::MAX);
+        if let Some(max_connections) = self.max_connections {
+            options::positive_count(
+                "max-connections",
+                count(max_connections),
+                "every connection would be refused",
+            )?;
+            options::count_at_most(
+                "max-connections",
+                count(max_connections),
+                count(tokio::sync::Semaphore::MAX_PERMITS),
+            )?;
+        }
+        let positive = [
+            (
+                "max-message-bytes",
+                self.max_message_bytes,
+                "every message would be refused",
+            ),
+            (
+                "max-transport-bytes",
+                self.max_transport_bytes,
+                "every frame would close its connection",
+            ),
+            (
+                "outbox-frames",
+                self.outbox_frames,
+                "every socket would be backed up",
+            ),
+            (
+                "max-rooms-per-socket",
+                self.max_rooms_per_socket,
+                "no socket could be in a conversation",
+            ),
+            (
+                "max-pending-sends",
+                self.max_pending_sends,
+                "no socket could send a message",
+            ),
+            (
+                "max-content-chars",
+                self.max_content_chars,
+                "no message could have text",
+            ),
+            (
+                "max-metadata-depth",
+                self.max_metadata_depth,
+                "any metadata object is 1 deep (give --max-metadata-bytes 0 to refuse metadata)",
+            ),
+        ];
+        for (option, value, why) in positive {
+            options::positive_count(option, count(value), why)?;
+        }
+        options::count_at_most(
+            "max-transport-bytes",
+            count(self.max_transport_bytes),
+            count(MAX_TRANSPORT_BYTES),
+        )?;
+        options::count_at_most(
+            "outbox-frames",
+            count(self.outbox_frames),
+            count(MAX_OUTBOX_FRAMES),
+        )?;
+        if self.max_message_bytes > self.max_transport_bytes {
+            return Err(OptionError::Conflict {
+                option: "max-message-bytes",
+                relation: "at most",
+                other: "max-transport-bytes",
+                why: "a message that large would close its connection before it was refused",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the options ([`Config::check`]) and loads the keys; no socket is touched.
     pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.check()?;
         let mut keys = Vec::new();
         if let Some(secret) = &self.jwt_secret {
             keys.push(KeySpec::hs256(
@@ -321,20 +497,6 @@ impl Config {
         };
         if keys.is_empty() && jwks.is_none() {
             return Err(ConfigError::NoKeys);
-        }
-        if self.max_message_bytes > self.max_transport_bytes {
-            return Err(ConfigError::Inconsistent(
-                "--max-message-bytes must not exceed --max-transport-bytes",
-            ));
-        }
-        if self.outbox_frames == 0
-            || self.max_pending_sends == 0
-            || self.max_connections == Some(0)
-            || self.max_rooms_per_socket == 0
-        {
-            return Err(ConfigError::Inconsistent(
-                "--outbox-frames, --max-pending-sends, --max-connections and --max-rooms-per-socket must be positive",
-            ));
         }
         let origins = if self.allowed_origins.iter().any(|o| o == "*") {
             Origins::Any
@@ -426,7 +588,188 @@ mod tests {
 
     #[test]
     fn the_message_limit_fits_the_transport_cap() {
-        assert!(parse(&["--jwt-secret", "s", "--max-message-bytes", "300000"]).is_err());
+        let error = refused(&["--max-message-bytes", "300000"]);
+        assert!(matches!(
+            error,
+            OptionError::Conflict {
+                option: "max-message-bytes",
+                other: "max-transport-bytes",
+                ..
+            }
+        ));
+    }
+
+    /// What [`Config::check`] says of the flags `args` (after the defaults).
+    fn check(args: &[&str]) -> Result<(), OptionError> {
+        let argv = std::iter::once("chat-gateway").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .expect("the flags parse")
+            .config
+            .check()
+    }
+
+    fn refused(args: &[&str]) -> OptionError {
+        check(args).expect_err("the options are refused")
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        assert_eq!(check(&[]), Ok(()));
+        assert!(parse(&["--jwt-secret", "s"]).is_ok());
+    }
+
+    #[test]
+    fn zero_durations_are_refused_where_zero_makes_no_sense() {
+        for option in [
+            "--jwks-refresh",
+            "--auth-timeout",
+            "--ping-interval",
+            "--idle-timeout",
+            "--request-timeout",
+            "--router-timeout",
+            "--cache-ttl",
+        ] {
+            let error = refused(&[option, "0s"]);
+            assert!(
+                matches!(error, OptionError::Zero { .. }),
+                "{option}: {error}"
+            );
+            assert_eq!(format!("--{}", error.option()), option);
+        }
+        assert_eq!(
+            refused(&["--request-timeout", "0s"]).to_string(),
+            "--request-timeout must be more than zero: every request to the worker and the \
+             stream would time out"
+        );
+        assert_eq!(refused(&["--resume-ttl", "500ms"]).option(), "resume-ttl");
+    }
+
+    #[test]
+    fn zero_durations_are_allowed_where_help_says_what_zero_does() {
+        for option in [
+            "--jwt-leeway",
+            "--slow-consumer-grace",
+            "--drain-time",
+            "--shutdown-grace",
+        ] {
+            assert_eq!(check(&[option, "0s"]), Ok(()), "{option}");
+        }
+    }
+
+    #[test]
+    fn durations_past_ten_years_are_refused() {
+        let error = refused(&["--drain-time", "11y"]);
+        assert_eq!(error.to_string(), "--drain-time must be at most 10y");
+    }
+
+    #[test]
+    fn the_idle_timeout_outlasts_the_ping_interval() {
+        let error = refused(&["--ping-interval", "75s"]);
+        assert!(matches!(
+            error,
+            OptionError::Conflict {
+                option: "idle-timeout",
+                other: "ping-interval",
+                ..
+            }
+        ));
+        assert_eq!(
+            check(&["--ping-interval", "200ms", "--idle-timeout", "1s"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn zero_counts_are_refused_where_zero_makes_no_sense() {
+        for option in [
+            "--max-connections",
+            "--max-message-bytes",
+            "--outbox-frames",
+            "--max-rooms-per-socket",
+            "--max-pending-sends",
+            "--max-content-chars",
+            "--max-metadata-depth",
+        ] {
+            let error = refused(&[option, "0"]);
+            assert!(
+                matches!(error, OptionError::Zero { .. }),
+                "{option}: {error}"
+            );
+            assert_eq!(format!("--{}", error.option()), option);
+        }
+        // Zero transport bytes is caught with the message limit above it.
+        assert!(check(&["--max-transport-bytes", "0"]).is_err());
+        for option in ["--max-attachments", "--max-metadata-bytes"] {
+            assert_eq!(check(&[option, "0"]), Ok(()), "{option}");
+        }
+        assert_eq!(check(&["--message-rate", "0"]), Ok(()));
+    }
+
+    #[test]
+    fn counts_that_would_overflow_are_refused() {
+        let error = refused(&["--max-transport-bytes", "2000000000"]);
+        assert_eq!(error.option(), "max-transport-bytes");
+        assert_eq!(
+            refused(&["--outbox-frames", "1000001"]).option(),
+            "outbox-frames"
+        );
+        let too_many = (tokio::sync::Semaphore::MAX_PERMITS + 1).to_string();
+        assert_eq!(
+            refused(&["--max-connections", &too_many]).option(),
+            "max-connections"
+        );
+    }
+
+    #[test]
+    fn malformed_urls_are_refused() {
+        for urls in [
+            "not a url",
+            "127.0.0.1:7070",
+            "http://a:7070,localhost:7071",
+            "https://a:7070",
+            "http://a",
+        ] {
+            let error = refused(&["--router-urls", urls]);
+            assert!(
+                matches!(
+                    error,
+                    OptionError::BadUrl {
+                        option: "router-urls",
+                        ..
+                    }
+                ),
+                "{urls}: {error}"
+            );
+        }
+        assert_eq!(
+            check(&["--router-urls", "http://a:7070,http://b:7070"]),
+            Ok(())
+        );
+        let error = refused(&["--nats-url", "not a url"]);
+        assert!(matches!(
+            error,
+            OptionError::BadUrl {
+                option: "nats-url",
+                ..
+            }
+        ));
+        assert_eq!(
+            check(&["--nats-url", "nats://a:4222,nats://b:4222"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_two_listeners_need_two_addresses() {
+        let error = refused(&[
+            "--listen",
+            "127.0.0.1:9000",
+            "--admin-listen",
+            "127.0.0.1:9000",
+        ]);
+        assert_eq!(error.option(), "admin-listen");
+        let any = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        assert_eq!(check(&any), Ok(()));
     }
 }
 

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
     if let Some(Command::DevToken { user, ttl, role }) = &cli.command {
         let Some(secret) = &cli.config.jwt_secret else {
             eprintln!("dev-token needs --jwt-secret (or CHAT_JWT_SECRET)");
-            return ExitCode::from(64);
+            return ExitCode::from(chat_proto::service::EX_USAGE);
         };
         println!(
             "{}",
@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(64);
+            return ExitCode::from(chat_proto::service::EX_USAGE);
         }
     };
     chat_proto::service::exit_code(serve(settings).await)

@@ -56,9 +56,9 @@ pub struct Config {
     #[arg(long, env = "CHAT_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
 
-    /// Router gRPC URLs (`http://host:port`, no TLS), comma-separated, in the gateways' order. Events
-    /// addressed to one user (membership changes) then go only to the nodes that hold the user's
-    /// sessions; without one, or while no router answers, they go to every node.
+    /// Router gRPC URLs (`http://host:port`, no TLS), comma-separated, in the gateways' order.
+    /// Events addressed to one user (membership changes) then go only to the nodes that hold the
+    /// user's sessions; without one, or while no router answers, they go to every node.
     #[arg(long, env = "CHAT_ROUTER_URLS", value_delimiter = ',')]
     pub router_urls: Vec<String>,
 
