@@ -97,11 +97,11 @@ fn metrics(gateway: &Gateway) -> String {
         ),
         (
             "chat_gateway_dropped_ephemeral_total",
-            stats.num_dropped_ephemeral.load(Ordering::Relaxed),
+            stats.pushes.num_dropped_ephemeral.load(Ordering::Relaxed),
         ),
         (
             "chat_gateway_evicted_slow_total",
-            stats.num_evicted_slow.load(Ordering::Relaxed),
+            stats.pushes.num_evicted_slow.load(Ordering::Relaxed),
         ),
         (
             "chat_gateway_fills_total",

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use chat_proto::subjects::MAX_ID_CHARS;
+use crate::validation::valid_id;
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -77,7 +77,7 @@ impl KeySpec {
             "ES256" => Algorithm::ES256,
             other => return Err(format!("algorithm {other:?}: expected RS256 or ES256")),
         };
-        let pem = crate::config::read_pem(path.trim())?;
+        let pem = read_pem(path.trim())?;
         let key = match algorithm {
             Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
             _ => DecodingKey::from_ec_pem(&pem),
@@ -307,9 +307,9 @@ impl Verifier {
     }
 }
 
-/// Whether `id` may be a user or conversation id: 1 to 128 characters, no control characters.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS && !id.chars().any(char::is_control)
+/// A PEM file's contents, for [`KeySpec::parse_public`].
+fn read_pem(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
 }
 
 #[derive(Serialize)]

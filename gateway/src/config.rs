@@ -537,11 +537,6 @@ impl Config {
     }
 }
 
-/// A PEM file's contents, for [`KeySpec::parse_public`].
-pub(crate) fn read_pem(path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(PathBuf::from(path)).map_err(|e| format!("cannot read {path}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,11 @@
-//! Request failures and how they reach the wire: the one place where internal errors become
-//! protocol error codes. Nothing internal is ever shown to a client.
+//! Request failures and closes, and how they reach the wire: the one place where internal errors
+//! become protocol error codes ([`RequestError`]) and why a connection ends becomes a close code
+//! ([`CloseReason`]). Nothing internal is ever shown to a client.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
-use chat_proto::client::{self, ErrorCode, ErrorData};
+use chat_proto::client::{self, ErrorCode, ErrorData, close};
 use chat_proto::timestamp::{iso8601, now_ms};
 
 /// A request that failed, as the client will be told.
@@ -87,6 +88,88 @@ impl RequestError {
     }
 }
 
+/// Why the server closes a connection; each has its close code and the reason sent with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Done (the client left, or the server has nothing more to say).
+    Normal,
+    /// A message over the transport cap.
+    TooBig,
+    /// The node is shutting down: reconnect elsewhere and resume.
+    Restarting,
+    /// No valid token, or it expired.
+    Unauthorized,
+    /// Not allowed (banned).
+    Forbidden,
+    /// No `auth` frame in time.
+    AuthTimeout,
+    /// Over a limit: sessions per user, rooms per socket, failed authentications.
+    OverLimit,
+    /// The socket could not take its messages: reconnect and resume.
+    TooSlow,
+    /// Something failed on the server: reconnect.
+    Internal,
+}
+
+impl CloseReason {
+    const ALL: [Self; 9] = [
+        Self::Normal,
+        Self::TooBig,
+        Self::Restarting,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::AuthTimeout,
+        Self::OverLimit,
+        Self::TooSlow,
+        Self::Internal,
+    ];
+
+    /// The WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Normal => close::NORMAL,
+            Self::TooBig => close::TOO_BIG,
+            Self::Restarting => close::RESTARTING,
+            Self::Unauthorized => close::UNAUTHORIZED,
+            Self::Forbidden => close::FORBIDDEN,
+            Self::AuthTimeout => close::AUTH_TIMEOUT,
+            Self::OverLimit => close::OVER_LIMIT,
+            Self::TooSlow => close::TOO_SLOW,
+            Self::Internal => close::INTERNAL,
+        }
+    }
+
+    /// The reason sent in the close frame.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Normal => "bye",
+            Self::TooBig => "message too big",
+            Self::Restarting => "server restarting; reconnect and resume",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::AuthTimeout => "no auth in time",
+            Self::OverLimit => "over a limit",
+            Self::TooSlow => "too slow; reconnect and resume",
+            Self::Internal => "internal error; reconnect",
+        }
+    }
+
+    /// The reason with close code `code`, if it is one of the server's.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.code() == code)
+    }
+
+    /// Why a socket that could not join its rooms is closed: over its room limit (the only
+    /// `FORBIDDEN` a join gives), or a fault.
+    pub fn of_failed_join(error: &RequestError) -> Self {
+        if error.code == ErrorCode::Forbidden {
+            Self::OverLimit
+        } else {
+            Self::Internal
+        }
+    }
+}
+
 impl From<crate::worker::CallError> for RequestError {
     fn from(error: crate::worker::CallError) -> Self {
         use crate::worker::CallError;
@@ -108,5 +191,22 @@ impl From<chat_proto::bus::BusError> for RequestError {
     fn from(error: chat_proto::bus::BusError) -> Self {
         tracing::warn!(%error, "bus failure");
         Self::unavailable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_reason_has_its_own_code_and_comes_back_from_it() {
+        for reason in CloseReason::ALL {
+            assert_eq!(CloseReason::from_code(reason.code()), Some(reason));
+        }
+        assert_eq!(CloseReason::from_code(0), None);
+        let over = RequestError::forbidden("at most 2 rooms");
+        assert_eq!(CloseReason::of_failed_join(&over), CloseReason::OverLimit);
+        let down = RequestError::unavailable();
+        assert_eq!(CloseReason::of_failed_join(&down), CloseReason::Internal);
     }
 }

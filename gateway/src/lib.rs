@@ -16,12 +16,12 @@ pub mod error;
 pub mod history;
 pub mod hub;
 pub mod limits;
-pub mod outbox;
 pub mod presence;
 pub mod request;
 pub mod resume;
 pub mod router;
 pub mod session;
+pub mod socket;
 pub mod validation;
 pub mod worker;
 
@@ -57,6 +57,9 @@ pub enum GatewayError {
     /// A router URL is not valid.
     #[error(transparent)]
     Router(#[from] chat_proto::routing::RoutingError),
+    /// The NATS URLs are not valid.
+    #[error(transparent)]
+    Option(#[from] chat_proto::options::OptionError),
 }
 
 /// What every connection of the node shares.
@@ -154,6 +157,144 @@ fn ws_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(config.max_transport_bytes))
 }
 
+/// A started node: the gateway's handle, and the background tasks it stops.
+pub(crate) struct Node {
+    gateway: Gateway,
+    client: async_nats::Client,
+    hub: Hub,
+    router: Option<RouterLink>,
+    relay: tokio::task::JoinHandle<()>,
+    relay_token: CancellationToken,
+}
+
+impl Node {
+    /// Connects to NATS and the routers and starts the node's fan-out and presence relay.
+    pub(crate) async fn start(settings: Settings) -> Result<Self, GatewayError> {
+        let config = settings.config.clone();
+        let max_connections = connection_limit(config.max_connections);
+        let (signals_tx, signals) = mpsc::channel(64);
+        // The service's options, with a callback that also tells the hub of losses.
+        let client =
+            chat_proto::service::nats_options(format!("chat-gateway {}", settings.node_id))
+                .request_timeout(Some(config.request_timeout))
+                .event_callback(move |event| {
+                    let signals = signals_tx.clone();
+                    async move {
+                        let signal = match event {
+                            async_nats::Event::Connected => Some(BusSignal::Connected),
+                            async_nats::Event::Disconnected => Some(BusSignal::Disconnected),
+                            async_nats::Event::SlowConsumer(_) => Some(BusSignal::SlowConsumer),
+                            _ => None,
+                        };
+                        tracing::info!(%event, "nats");
+                        if let Some(signal) = signal {
+                            // A full queue already holds a signal that triggers the same fill.
+                            let _ = signals.try_send(signal);
+                        }
+                    }
+                })
+                .connect(chat_proto::options::nats_servers(&config.nats_url)?)
+                .await
+                .map_err(|e| GatewayError::Nats(e.to_string()))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
+        let stream = js
+            .get_stream_no_info(subjects::STREAM)
+            .await
+            .map_err(|e| GatewayError::Nats(e.to_string()))?;
+        let reader = StreamReader::new(stream);
+        let worker = WorkerClient::new(client.clone(), config.request_timeout);
+        let membership: MembershipCache = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.cache_ttl)
+            .build();
+        let router = if config.router_urls.is_empty() {
+            tracing::warn!(
+                "no router: presence is not tracked and the session limit is not enforced"
+            );
+            None
+        } else {
+            let routers = Routers::new(&config.router_urls, config.router_timeout)?;
+            Some(RouterLink::new(
+                routers,
+                settings.node_id.clone(),
+                config.router_timeout,
+            ))
+        };
+        let hub = Hub::new(
+            client.clone(),
+            reader.clone(),
+            worker.clone(),
+            membership.clone(),
+            router.clone(),
+            CancellationToken::new(),
+            config.max_rooms_per_socket,
+        );
+        hub.start(&settings.node_id, signals)
+            .await
+            .map_err(|e| GatewayError::Nats(e.to_string()))?;
+        if let Some(router) = &router {
+            let local = hub.clone();
+            router.start(Arc::new(move |socket| local.rooms_of(socket)));
+        }
+        let presence_changes = client
+            .subscribe(subjects::PRESENCE)
+            .await
+            .map_err(|e| GatewayError::Nats(e.to_string()))?;
+        let relay_token = CancellationToken::new();
+        let relay = tokio::spawn(presence::relay(
+            hub.clone(),
+            presence_changes,
+            relay_token.clone(),
+        ));
+        let gateway = Gateway {
+            shared: Arc::new(Shared {
+                limits: ContentLimits {
+                    max_content_chars: config.max_content_chars,
+                    max_attachments: config.max_attachments,
+                    max_metadata_bytes: config.max_metadata_bytes,
+                    max_metadata_depth: config.max_metadata_depth,
+                },
+                ws_config: ws_config(&config),
+                message_rates: Limiter::new(),
+                connect_rates: Limiter::new(),
+                failed_auths: Limiter::new(),
+                connections: Arc::new(Semaphore::new(max_connections)),
+                max_connections,
+                settings,
+                client: client.clone(),
+                js,
+                reader,
+                worker,
+                hub: hub.clone(),
+                membership,
+                router: router.clone(),
+                next_socket_id: AtomicU64::new(1),
+                draining: AtomicBool::new(false),
+            }),
+        };
+        Ok(Self {
+            gateway,
+            client,
+            hub,
+            router,
+            relay,
+            relay_token,
+        })
+    }
+
+    /// Stops the node's background tasks, once its connections are gone.
+    pub(crate) async fn stop(self) {
+        self.relay_token.cancel();
+        let _ = self.relay.await;
+        if let Some(router) = &self.router {
+            router.stop().await;
+        }
+        self.hub.stop().await;
+        chat_proto::service::final_flush(&self.client).await;
+    }
+}
+
 /// Runs a gateway on `listener` (WebSockets) and `admin` (health) until `shutdown` resolves;
 /// then tells every client to reconnect elsewhere and waits for them within the grace period.
 pub async fn run(
@@ -163,112 +304,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let config = settings.config.clone();
-    let max_connections = connection_limit(config.max_connections);
-    let (signals_tx, signals) = mpsc::channel(64);
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("chat-gateway {}", settings.node_id))
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(config.request_timeout))
-        .event_callback(move |event| {
-            let signals = signals_tx.clone();
-            async move {
-                let signal = match event {
-                    async_nats::Event::Connected => Some(BusSignal::Connected),
-                    async_nats::Event::Disconnected => Some(BusSignal::Disconnected),
-                    async_nats::Event::SlowConsumer(_) => Some(BusSignal::SlowConsumer),
-                    _ => None,
-                };
-                tracing::info!(%event, "nats");
-                if let Some(signal) = signal {
-                    // A full queue already holds a signal that triggers the same fill.
-                    let _ = signals.try_send(signal);
-                }
-            }
-        })
-        .connect(&config.nats_url)
-        .await
-        .map_err(|e| GatewayError::Nats(e.to_string()))?;
-    let mut js = jetstream::new(client.clone());
-    js.set_timeout(config.request_timeout);
-    let stream = js
-        .get_stream_no_info(subjects::STREAM)
-        .await
-        .map_err(|e| GatewayError::Nats(e.to_string()))?;
-    let reader = StreamReader::new(stream);
-    let worker = WorkerClient::new(client.clone(), config.request_timeout);
-    let membership: MembershipCache = moka::sync::Cache::builder()
-        .max_capacity(100_000)
-        .time_to_live(config.cache_ttl)
-        .build();
-    let router = if config.router_urls.is_empty() {
-        tracing::warn!("no router: presence is not tracked and the session limit is not enforced");
-        None
-    } else {
-        let routers = Routers::new(&config.router_urls, config.router_timeout)?;
-        Some(RouterLink::new(
-            routers,
-            settings.node_id.clone(),
-            config.router_timeout,
-        ))
-    };
-    let root = CancellationToken::new();
-    let hub = Hub::new(
-        client.clone(),
-        reader.clone(),
-        worker.clone(),
-        membership.clone(),
-        router.clone(),
-        root.child_token(),
-        config.max_rooms_per_socket,
-    );
-    hub.start(&settings.node_id, signals)
-        .await
-        .map_err(|e| GatewayError::Nats(e.to_string()))?;
-    if let Some(router) = &router {
-        router.start(hub.clone());
-    }
-    let presence_changes = client
-        .subscribe(subjects::PRESENCE)
-        .await
-        .map_err(|e| GatewayError::Nats(e.to_string()))?;
-    let relay_token = root.child_token();
-    let relay = tokio::spawn(presence::relay(
-        hub.clone(),
-        presence_changes,
-        relay_token.clone(),
-    ));
-
-    let gateway = Gateway {
-        shared: Arc::new(Shared {
-            limits: ContentLimits {
-                max_content_chars: config.max_content_chars,
-                max_attachments: config.max_attachments,
-                max_metadata_bytes: config.max_metadata_bytes,
-                max_metadata_depth: config.max_metadata_depth,
-            },
-            ws_config: ws_config(&config),
-            message_rates: Limiter::new(),
-            connect_rates: Limiter::new(),
-            failed_auths: Limiter::new(),
-            connections: Arc::new(Semaphore::new(max_connections)),
-            max_connections,
-            settings,
-            client: client.clone(),
-            js,
-            reader,
-            worker,
-            hub: hub.clone(),
-            membership,
-            router: router.clone(),
-            next_socket_id: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
-        }),
-    };
-
-    let admin_token = root.child_token();
+    let node = Node::start(settings).await?;
+    let gateway = node.gateway.clone();
+    let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(admin, gateway.clone(), admin_token.clone()));
-    let sessions = root.child_token();
+    let sessions = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracing::info!(
         node_id = %gateway.shared.settings.node_id,
@@ -316,15 +356,9 @@ pub async fn run(
     {
         tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period");
     }
-    relay_token.cancel();
-    let _ = relay.await;
-    if let Some(router) = &router {
-        router.stop().await;
-    }
-    hub.stop().await;
     admin_token.cancel();
     let _ = admin_task.await;
-    chat_proto::service::final_flush(&client).await;
+    node.stop().await;
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Presence: the routers' changes told to this node's users, and the client's presence requests.
+//! Presence: the routers' changes told to this node's users (the requests are in
+//! `session::handlers::presence`).
 //!
 //! A router publishes the visible changes of its users, each with the user's conversations. The
 //! node finds its local sockets in those conversations and tells each socket once per change
@@ -10,14 +11,11 @@ use chat_proto::timestamp::iso8601;
 use chat_proto::v1::{self, Status};
 use futures_util::StreamExt;
 use prost::Message as _;
-use serde::Deserialize;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::RequestError;
 use crate::hub::Hub;
-use crate::router::RouterLink;
 
 /// Most users one `presence:query` may name.
 pub const MAX_QUERIED_USERS: usize = 500;
@@ -33,7 +31,8 @@ pub fn status_name(status: Status) -> &'static str {
     }
 }
 
-fn parse_status(name: &str) -> Option<Status> {
+/// The status a client names in `presence:update`.
+pub fn parse_status(name: &str) -> Option<Status> {
     match name {
         "online" => Some(Status::Online),
         "away" => Some(Status::Away),
@@ -94,92 +93,9 @@ fn tell(hub: &Hub, change: &v1::PresenceChange) {
     let frames: Vec<Utf8Bytes> = pushes(change).into_iter().map(Utf8Bytes::from).collect();
     for socket in &sockets {
         for frame in &frames {
-            socket.push(frame, Delivery::Ephemeral, hub.stats());
+            socket.push(frame, Delivery::Ephemeral, &hub.stats().pushes);
         }
     }
-}
-
-/// `presence:update` data.
-#[derive(Debug, Deserialize)]
-pub struct UpdateData {
-    status: String,
-}
-
-/// `presence:query` data.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct QueryData {
-    user_ids: Vec<String>,
-}
-
-fn require(router: Option<&RouterLink>) -> Result<&RouterLink, RequestError> {
-    router.ok_or_else(|| {
-        RequestError::new(
-            client::ErrorCode::Unavailable,
-            "presence is not tracked by this deployment (no router)",
-        )
-    })
-}
-
-/// Sets `user_id`'s status for all their sessions.
-pub fn update(
-    router: Option<&RouterLink>,
-    user_id: &str,
-    data: &UpdateData,
-) -> Result<serde_json::Value, RequestError> {
-    let router = require(router)?;
-    let status = parse_status(&data.status).ok_or_else(|| {
-        RequestError::invalid("status must be one of online, away, busy, invisible")
-    })?;
-    router.set_status(user_id, status);
-    Ok(json!({}))
-}
-
-/// What others see of each user named.
-pub async fn query(
-    router: Option<&RouterLink>,
-    data: QueryData,
-) -> Result<serde_json::Value, RequestError> {
-    let router = require(router)?;
-    if data.user_ids.len() > MAX_QUERIED_USERS {
-        return Err(RequestError::invalid(format!(
-            "at most {MAX_QUERIED_USERS} userIds"
-        )));
-    }
-    for user_id in &data.user_ids {
-        crate::validation::user_id(user_id)?;
-    }
-    let statuses = router
-        .routers()
-        .presence(data.user_ids)
-        .await
-        .map_err(|error| {
-            tracing::debug!(%error, "presence query failed");
-            RequestError::unavailable()
-        })?;
-    let statuses: serde_json::Map<String, serde_json::Value> = statuses
-        .into_iter()
-        .map(|(user_id, status)| (user_id, status_name(status).into()))
-        .collect();
-    Ok(json!({ "statuses": statuses }))
-}
-
-/// Which of `member_ids` are visibly online.
-pub async fn online(
-    router: Option<&RouterLink>,
-    member_ids: Vec<String>,
-) -> Result<serde_json::Value, RequestError> {
-    let router = require(router)?;
-    let mut user_ids = router
-        .routers()
-        .online_members(member_ids)
-        .await
-        .map_err(|error| {
-            tracing::debug!(%error, "online members query failed");
-            RequestError::unavailable()
-        })?;
-    user_ids.sort_unstable();
-    Ok(json!({ "userIds": user_ids }))
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
-//! A client's text frame decoded into a request. Each envelope field is checked on its own, so a
-//! wrong type gets a clear error (answering the `requestId` when that much was readable), never
-//! a dropped connection; nothing here does I/O, which is what the property test and the fuzz
-//! target (`gateway/fuzz`) drive.
+//! A client's text frame decoded, once, into a typed request: the envelope checked field by field
+//! (a wrong type gets a clear error, answering the `requestId` when that much was readable,
+//! never a dropped connection), then the event's data parsed into its own type. Nothing here does
+//! I/O, which is what the property test and the fuzz target (`gateway/fuzz`) drive.
 
-use chat_proto::client;
+use chat_proto::client::{
+    self, AuthData, ConversationRef, CreateData, DeleteData, EditData, JoinData, ReceiptData,
+    ResumeData, SendData, SyncData,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::RequestError;
 
@@ -11,20 +16,108 @@ use crate::error::RequestError;
 const MAX_ECHOED_EVENT_CHARS: usize = 64;
 
 /// A decoded request.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Request<'a> {
+#[derive(Debug)]
+pub struct Request {
     /// The `requestId`, to answer.
     pub request_id: Option<String>,
-    /// The event name.
-    pub event: String,
-    /// The event's data, raw JSON (`{}` when absent).
-    pub data: &'a str,
+    /// The event with its data.
+    pub body: Body,
 }
 
-impl Request<'_> {
-    /// The event name as an error may echo it (at most 64 characters).
-    pub fn echoed_event(&self) -> String {
-        self.event.chars().take(MAX_ECHOED_EVENT_CHARS).collect()
+/// A request's event and its data.
+#[derive(Debug)]
+pub enum Body {
+    Ping,
+    Auth(AuthData),
+    Resume(ResumeData),
+    Send(SendData),
+    Edit(EditData),
+    Delete(DeleteData),
+    Sync(SyncData),
+    Create(CreateData),
+    Join(JoinData),
+    Leave(ConversationRef),
+    List,
+    Info(ConversationRef),
+    Online(ConversationRef),
+    /// `typing:start` (true) or `typing:stop`.
+    Typing(ConversationRef, bool),
+    /// `message:read` (true) or `message:delivered`.
+    Receipt(ReceiptData, bool),
+    PresenceUpdate(StatusData),
+    PresenceQuery(UsersData),
+}
+
+/// `presence:update` data.
+#[derive(Debug, Deserialize)]
+pub struct StatusData {
+    /// `online`, `away`, `busy` or `invisible`.
+    pub status: String,
+}
+
+/// `presence:query` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsersData {
+    /// The users asked about.
+    pub user_ids: Vec<String>,
+}
+
+impl Body {
+    /// The event's name, as errors echo it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Auth(_) => "auth",
+            Self::Resume(_) => "resume",
+            Self::Send(_) => "message:send",
+            Self::Edit(_) => "message:edit",
+            Self::Delete(_) => "message:delete",
+            Self::Sync(_) => "messages:sync",
+            Self::Create(_) => "room:create",
+            Self::Join(_) => "room:join",
+            Self::Leave(_) => "room:leave",
+            Self::List => "room:list",
+            Self::Info(_) => "room:info",
+            Self::Online(_) => "room:online",
+            Self::Typing(_, true) => "typing:start",
+            Self::Typing(_, false) => "typing:stop",
+            Self::Receipt(_, true) => "message:read",
+            Self::Receipt(_, false) => "message:delivered",
+            Self::PresenceUpdate(_) => "presence:update",
+            Self::PresenceQuery(_) => "presence:query",
+        }
+    }
+
+    /// Whether it sends, edits or deletes a message (counted against the user's rate).
+    pub fn is_message(&self) -> bool {
+        matches!(self, Self::Send(_) | Self::Edit(_) | Self::Delete(_))
+    }
+
+    /// The body of `event` with its raw `data`.
+    fn parse(event: &str, data: &str) -> Result<Self, RequestError> {
+        Ok(match event {
+            "ping" => Self::Ping,
+            "auth" => Self::Auth(parse(data)?),
+            "resume" => Self::Resume(parse(data)?),
+            "message:send" => Self::Send(parse(data)?),
+            "message:edit" => Self::Edit(parse(data)?),
+            "message:delete" => Self::Delete(parse(data)?),
+            "messages:sync" => Self::Sync(parse(data)?),
+            "room:create" => Self::Create(parse(data)?),
+            "room:join" => Self::Join(parse(data)?),
+            "room:leave" => Self::Leave(parse(data)?),
+            "room:list" => Self::List,
+            "room:info" => Self::Info(parse(data)?),
+            "room:online" => Self::Online(parse(data)?),
+            "typing:start" => Self::Typing(parse(data)?, true),
+            "typing:stop" => Self::Typing(parse(data)?, false),
+            "message:delivered" => Self::Receipt(parse(data)?, false),
+            "message:read" => Self::Receipt(parse(data)?, true),
+            "presence:update" => Self::PresenceUpdate(parse(data)?),
+            "presence:query" => Self::PresenceQuery(parse(data)?),
+            _ => return Err(RequestError::protocol("unknown event")),
+        })
     }
 }
 
@@ -45,11 +138,11 @@ impl Refusal {
 }
 
 /// Decodes a text frame of at most `max_bytes`.
-pub fn decode(text: &str, max_bytes: usize) -> Result<Request<'_>, Refusal> {
-    let refuse = |error, request_id: Option<&String>, event: Option<String>| Refusal {
+pub fn decode(text: &str, max_bytes: usize) -> Result<Request, Refusal> {
+    let refuse = |error, request_id: Option<&String>, event: Option<&str>| Refusal {
         error,
         request_id: request_id.cloned(),
-        event,
+        event: event.map(|e| e.chars().take(MAX_ECHOED_EVENT_CHARS).collect()),
     };
     if text.len() > max_bytes {
         let error = RequestError::protocol(format!("message larger than {max_bytes} bytes"));
@@ -78,22 +171,73 @@ pub fn decode(text: &str, max_bytes: usize) -> Result<Request<'_>, Refusal> {
         let error = RequestError::protocol("event must be a string");
         return Err(refuse(error, request_id.as_ref(), None));
     };
-    let request = Request {
-        request_id,
-        event,
-        data: envelope.data.map_or("{}", |raw| raw.get()),
-    };
     if let Some(version) = envelope.version
         && serde_json::from_str::<&str>(version.get()).ok() != Some(client::VERSION)
     {
         let error = RequestError::protocol("unsupported version; this server speaks version \"1\"");
-        let event = Some(request.echoed_event());
-        return Err(refuse(error, request.request_id.as_ref(), event));
+        return Err(refuse(error, request_id.as_ref(), Some(&event)));
     }
-    Ok(request)
+    let data = envelope.data.map_or("{}", |raw| raw.get());
+    match Body::parse(&event, data) {
+        Ok(body) => Ok(Request { request_id, body }),
+        Err(error) => Err(refuse(error, request_id.as_ref(), Some(&event))),
+    }
 }
 
-/// Parses an event's data.
-pub fn parse<T: serde::de::DeserializeOwned>(data: &str) -> Result<T, RequestError> {
+fn parse<T: DeserializeOwned>(data: &str) -> Result<T, RequestError> {
     serde_json::from_str(data).map_err(|e| RequestError::invalid(format!("invalid data: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_proto::client::ErrorCode;
+
+    #[test]
+    fn each_event_decodes_once_into_its_typed_data() {
+        let text = r#"{"data":{"content":"hi","conversationId":"c"},"requestId":"r1","event":"message:send"}"#;
+        let request = decode(text, 1024).unwrap();
+        assert_eq!(request.request_id.as_deref(), Some("r1"));
+        let Body::Send(data) = request.body else {
+            panic!("a send: {request:?}");
+        };
+        assert_eq!(
+            (data.conversation_id.as_str(), data.content.as_str()),
+            ("c", "hi")
+        );
+        let typing = decode(
+            r#"{"event":"typing:stop","data":{"conversationId":"c"}}"#,
+            1024,
+        );
+        assert_eq!(typing.unwrap().body.name(), "typing:stop");
+        assert!(
+            decode(r#"{"event":"room:list"}"#, 1024)
+                .unwrap()
+                .body
+                .name()
+                == "room:list"
+        );
+    }
+
+    #[test]
+    fn bad_data_and_unknown_events_are_refused_with_the_request_echoed() {
+        let bad = decode(
+            r#"{"event":"message:send","requestId":"r2","data":{"content":1}}"#,
+            1024,
+        )
+        .unwrap_err();
+        assert_eq!(bad.error.code, ErrorCode::ValidationError);
+        assert_eq!(bad.request_id.as_deref(), Some("r2"));
+        assert_eq!(bad.event.as_deref(), Some("message:send"));
+        let unknown = decode(&format!(r#"{{"event":"{}"}}"#, "x".repeat(100)), 1024).unwrap_err();
+        assert_eq!(unknown.error.code, ErrorCode::ProtocolError);
+        assert_eq!(
+            unknown.event.unwrap().chars().count(),
+            MAX_ECHOED_EVENT_CHARS
+        );
+        let old = decode(r#"{"event":"ping","version":"2"}"#, 1024).unwrap_err();
+        assert!(old.error.message.contains("version"));
+        let big = decode(&"x".repeat(2000), 1024).unwrap_err();
+        assert!(big.error.message.contains("larger than 1024"));
+    }
 }

@@ -22,7 +22,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::RequestError;
 use crate::history::StreamReader;
-use crate::hub::{Hub, SocketId};
+use crate::hub::Hub;
+use crate::socket::SocketId;
 use crate::validation;
 
 /// Most events one conversation replays; beyond, the client pages with `messages:sync`.

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_proto::routing::Routers;
+use chat_proto::service::Backoff;
 use chat_proto::subjects::fnv1a;
 use chat_proto::v1::{self, node_update, router_update};
 use futures_util::StreamExt;
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::{Hub, SocketId};
+use crate::socket::SocketId;
 
 /// Updates waiting to go to one router.
 const OUTBOUND: usize = 1_024;
@@ -50,8 +51,11 @@ struct Link {
     departed: Vec<v1::Session>,
 }
 
+/// The conversations a local socket is in (the hub knows), read when a stream (re)attaches.
+pub type RoomsOf = Arc<dyn Fn(SocketId) -> Vec<Arc<str>> + Send + Sync>;
+
 /// A live session of the node, as small as it can be (one per socket): its conversations are
-/// the hub's, read when a stream (re)attaches.
+/// read when a stream (re)attaches ([`RoomsOf`]).
 struct Local {
     user_id: Arc<str>,
     socket: SocketId,
@@ -69,8 +73,8 @@ struct Inner {
     timeout: Duration,
     /// Every live session of the node, by session id.
     sessions: Mutex<HashMap<u128, Local>>,
-    /// The node's rooms, for the conversations of a `Hello` (set by `start`, dropped by `stop`).
-    hub: Mutex<Option<Hub>>,
+    /// The sockets' conversations, for a `Hello` (set by `start`, dropped by `stop`).
+    rooms_of: Mutex<Option<RoomsOf>>,
     links: Vec<Mutex<Link>>,
     up: Vec<AtomicBool>,
     next_request: AtomicU64,
@@ -95,7 +99,7 @@ impl RouterLink {
                 node_id,
                 timeout,
                 sessions: Mutex::default(),
-                hub: Mutex::default(),
+                rooms_of: Mutex::default(),
                 links,
                 up,
                 next_request: AtomicU64::new(1),
@@ -110,9 +114,9 @@ impl RouterLink {
         &self.inner.routers
     }
 
-    /// Starts one attachment task per router; `hub` tells the sessions' conversations.
-    pub fn start(&self, hub: Hub) {
-        *self.inner.hub.lock().expect("hub lock poisoned") = Some(hub);
+    /// Starts one attachment task per router; `rooms_of` tells the sessions' conversations.
+    pub fn start(&self, rooms_of: RoomsOf) {
+        *self.inner.rooms_of.lock().expect("rooms lock poisoned") = Some(rooms_of);
         for index in 0..self.inner.routers.len() {
             self.inner.tracker.spawn(self.clone().attach_loop(index));
         }
@@ -124,13 +128,17 @@ impl RouterLink {
         self.inner.token.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
-        self.inner.hub.lock().expect("hub lock poisoned").take();
+        self.inner
+            .rooms_of
+            .lock()
+            .expect("rooms lock poisoned")
+            .take();
     }
 
     /// A session as the router sees it, with its socket's conversations.
     fn session(&self, session_id: u128, local: &Local) -> v1::Session {
-        let hub = self.inner.hub.lock().expect("hub lock poisoned");
-        let rooms = hub.as_ref().map(|hub| hub.rooms_of(local.socket));
+        let rooms_of = self.inner.rooms_of.lock().expect("rooms lock poisoned");
+        let rooms = rooms_of.as_ref().map(|rooms_of| rooms_of(local.socket));
         v1::Session {
             user_id: local.user_id.to_string(),
             session_id: format!("{session_id:032x}"),
@@ -301,7 +309,7 @@ impl RouterLink {
 
     /// Keeps router `index` attached until the link stops.
     async fn attach_loop(self, index: usize) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF);
         let mut reported_down = false;
         loop {
             let attached = tokio::select! {
@@ -317,7 +325,7 @@ impl RouterLink {
             if was_up {
                 tracing::warn!(router = index, "lost the router; attaching again");
                 reported_down = false;
-                backoff = Duration::from_millis(200);
+                backoff.reset();
             }
             if let Err(error) = attached {
                 if reported_down {
@@ -327,11 +335,9 @@ impl RouterLink {
                     reported_down = true;
                 }
             }
-            tokio::select! {
-                () = self.inner.token.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(self.inner.token.cancelled()).await {
+                return;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

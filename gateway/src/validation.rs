@@ -2,11 +2,16 @@
 //! Every failure is a `VALIDATION_ERROR` that names the field.
 
 use chat_proto::client::{AttachmentData, CreateData, MAX_PARTICIPANTS, SendData};
+use chat_proto::subjects::MAX_ID_CHARS;
 use chat_proto::v1;
 use serde_json::value::RawValue;
 
-use crate::auth::valid_id;
 use crate::error::RequestError;
+
+/// Whether `id` may be a user or conversation id: 1 to 128 characters, no control characters.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS && !id.chars().any(char::is_control)
+}
 
 /// Types a client may send.
 pub const CLIENT_TYPES: &[&str] = &["chat", "file", "image", "graph"];

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind, Stream};
+use chat_proto::service::Backoff;
 use chat_proto::{bus, subjects};
 use futures_util::StreamExt;
 use tokio::time::{Instant, timeout_at};
@@ -146,17 +147,15 @@ async fn write_until_committed<S: Store>(
     through: u64,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match store.apply(events.clone(), Some(through)).await {
             Ok(()) => return Ok(()),
             Err(error) => {
                 tracing::error!(%error, through, "store write failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Err(WorkerError::Store(error)),
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(shutdown.cancelled()).await {
+                    return Err(WorkerError::Store(error));
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

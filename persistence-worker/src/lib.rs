@@ -55,11 +55,7 @@ pub enum WorkerError {
 pub async fn connect(nats_url: &str) -> Result<async_nats::Client, WorkerError> {
     let servers = chat_proto::options::nats_servers(nats_url)
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
-    async_nats::ConnectOptions::new()
-        .name("chat-persistence-worker")
-        .retry_on_initial_connect()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .event_callback(|event| async move { tracing::info!(%event, "nats") })
+    chat_proto::service::nats_options("chat-persistence-worker")
         .connect(servers)
         .await
         .map_err(|e| WorkerError::Nats(e.to_string()))

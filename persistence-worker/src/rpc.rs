@@ -232,11 +232,7 @@ impl<S: Store> Handlers<S> {
 
     /// Stores an event durably, applies it to the store, and announces it on the conversation.
     async fn record(&self, conversation_id: &str, kind: Kind) -> Result<(), Failure> {
-        let mut event = v1::ConversationEvent {
-            seq: 0,
-            conversation_id: conversation_id.to_owned(),
-            kind: Some(kind),
-        };
+        let mut event = v1::ConversationEvent::new(conversation_id.to_owned(), kind);
         event.seq = bus::finish_durable(bus::start_durable(&self.js, &event, None).await?)
             .await?
             .seq;

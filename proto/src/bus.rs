@@ -27,6 +27,17 @@ pub enum BusError {
     Decode(#[from] prost::DecodeError),
 }
 
+impl ConversationEvent {
+    /// An event of `conversation_id` not yet on the stream (its `seq` comes from the stream).
+    pub fn new(conversation_id: String, kind: Kind) -> Self {
+        Self {
+            seq: 0,
+            conversation_id,
+            kind: Some(kind),
+        }
+    }
+}
+
 /// What the stream said of a durable publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {

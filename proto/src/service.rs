@@ -55,6 +55,55 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The NATS options every service starts from: its connection name, retries from the first
+/// attempt (NATS may start after it), a bounded connect, and every connection event logged.
+pub fn nats_options(name: impl std::fmt::Display) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move { tracing::info!(%event, "nats") })
+}
+
+/// Waits between retries that double after each failure, up to a cap.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Waits from `first`, doubling up to `max`.
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            next: first,
+            max,
+        }
+    }
+
+    /// The wait the next [`Backoff::wait`] takes.
+    pub fn next(&self) -> Duration {
+        self.next
+    }
+
+    /// Sleeps for the next wait, then doubles it; false when `cancelled` resolved first.
+    pub async fn wait(&mut self, cancelled: impl Future<Output = ()>) -> bool {
+        let slept = tokio::select! {
+            () = cancelled => false,
+            () = tokio::time::sleep(self.next) => true,
+        };
+        self.next = (self.next * 2).min(self.max);
+        slept
+    }
+
+    /// Starts again from the first wait (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 /// How long a stopping service waits for NATS to take what it still has to send.
 pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
 

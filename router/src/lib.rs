@@ -21,7 +21,6 @@ pub mod placement;
 pub mod service;
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,10 +45,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("chat-router")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
+    let client = chat_proto::service::nats_options("chat-router")
         .connect(
             chat_proto::options::nats_servers(&config.nats_url)
                 .map_err(|e| RouterError::Nats(e.to_string()))?,

@@ -3,9 +3,8 @@
 
 #![no_main]
 
-use chat_gateway::request::{self, decode};
+use chat_gateway::request::{Body, decode};
 use chat_gateway::validation::{self, ContentLimits};
-use chat_proto::client::{CreateData, SendData};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
@@ -22,10 +21,13 @@ fuzz_target!(|bytes: &[u8]| {
         max_metadata_bytes: 4 * 1024,
         max_metadata_depth: 8,
     };
-    if let Ok(data) = request::parse::<SendData>(request.data) {
-        let _ = validation::new_message(data, "fuzz", &limits);
-    }
-    if let Ok(data) = request::parse::<CreateData>(request.data) {
-        let _ = validation::new_conversation(data, "fuzz");
+    match request.body {
+        Body::Send(data) => {
+            let _ = validation::new_message(data, "fuzz", &limits);
+        }
+        Body::Create(data) => {
+            let _ = validation::new_conversation(data, "fuzz");
+        }
+        _ => {}
     }
 });

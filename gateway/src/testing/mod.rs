@@ -123,9 +123,9 @@ pub const UNLIMITED: [&str; 6] = [
     "0",
 ];
 
-/// Starts a gateway in-process, without the abuse limits ([`UNLIMITED`]) unless `extra` sets
+/// A test gateway's settings: without the abuse limits ([`UNLIMITED`]) unless `extra` sets
 /// them; `extra` replaces any default flag it names.
-pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
+pub fn settings(nats_url: &str, extra: &[&str]) -> crate::Settings {
     let defaults = [
         ("--jwt-secret", SECRET),
         ("--allowed-origins", "https://app.example"),
@@ -142,11 +142,16 @@ pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
         }
     }
     args.extend_from_slice(extra);
-    let settings = Cli::try_parse_from(args)
+    Cli::try_parse_from(args)
         .expect("gateway flags parse")
         .config
         .validate()
-        .expect("gateway settings are valid");
+        .expect("gateway settings are valid")
+}
+
+/// Starts a gateway in-process with [`settings`].
+pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
+    let settings = settings(nats_url, extra);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ws, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());

@@ -14,15 +14,15 @@
 //! still be on its way live, the queue keeps dropping the covered ones afterwards. The client
 //! gets each event once, in order.
 
-use std::collections::HashMap;
-
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::error::CloseReason;
 
 /// How many times its capacity a backed-up queue may hold during its grace.
 pub const OVERFLOW_FACTOR: usize = 4;
@@ -41,7 +41,7 @@ pub enum Outbound {
     /// A protocol ping.
     Ping,
     /// A close frame, then the end.
-    Close(u16, &'static str),
+    Close(CloseReason),
 }
 
 /// Why a push was refused.

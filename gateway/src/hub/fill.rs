@@ -1,0 +1,88 @@
+//! Gap fills: after core NATS may have lost events for the node (a slow-consumer drop, a
+//! disconnection), every room reads from the stream what it may have missed and delivers what
+//! it had not; each room remembers the recent sequences it delivered, so nothing goes twice.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chat_proto::service::Backoff;
+use futures_util::StreamExt;
+
+use super::Hub;
+use super::room::Room;
+use crate::error::CloseReason;
+
+/// flight when a loss began (published by other nodes but not yet delivered) are within it.
+const FILL_SLACK: u64 = 16_384;
+/// Most events one room fills at once; a larger gap evicts its members so they resume.
+const MAX_FILL_EVENTS: usize = 5_000;
+/// The longest wait between two attempts of a fill; once reached, the fill gives up.
+const MAX_FILL_WAIT: Duration = Duration::from_secs(10);
+/// Rooms filled at once after a loss.
+const FILL_CONCURRENCY: usize = 16;
+
+impl Hub {
+    /// Fills every room from the stream, a few at a time.
+    pub(super) async fn fill_all(&self) {
+        let rooms: Vec<(Arc<str>, Arc<Room>)> = {
+            let registry = self.inner.registry.lock().expect("registry lock poisoned");
+            registry
+                .rooms
+                .iter()
+                .map(|(id, room)| (Arc::clone(id), Arc::clone(room)))
+                .collect()
+        };
+        futures_util::stream::iter(rooms)
+            .for_each_concurrent(FILL_CONCURRENCY, |(conversation_id, room)| async move {
+                self.fill(&conversation_id, &room).await;
+            })
+            .await;
+    }
+
+    async fn fill(&self, conversation_id: &str, room: &Room) {
+        self.inner.stats.num_fills.fetch_add(1, Ordering::Relaxed);
+        let loss_floor = self.inner.loss_floor.load(Ordering::Relaxed);
+        let floor = room.seen.lock().expect("room lock poisoned").floor;
+        let after = floor.max(loss_floor.saturating_sub(FILL_SLACK));
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_FILL_WAIT);
+        let (events, complete) = loop {
+            match self
+                .inner
+                .reader
+                .events_after(conversation_id, after, MAX_FILL_EVENTS)
+                .await
+            {
+                Ok(read) => break read,
+                Err(_) if backoff.next() < MAX_FILL_WAIT => {
+                    if !backoff.wait(self.inner.token.cancelled()).await {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        conversation_id,
+                        "cannot fill from the stream; members must resume"
+                    );
+                    room.evict_all(CloseReason::TooSlow);
+                    return;
+                }
+            }
+        };
+        let before = room.seen.lock().expect("room lock poisoned").num_inserted;
+        for event in events {
+            self.dispatch(room, event);
+        }
+        let filled = room.seen.lock().expect("room lock poisoned").num_inserted - before;
+        self.inner
+            .stats
+            .num_filled
+            .fetch_add(filled, Ordering::Relaxed);
+        if filled > 0 {
+            tracing::info!(conversation_id, filled, "filled events lost on the bus");
+        }
+        if !complete {
+            room.evict_all(CloseReason::TooSlow);
+        }
+    }
+}

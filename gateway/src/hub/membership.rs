@@ -1,0 +1,133 @@
+//! Membership events: the users' joins and removals announced by the worker (on the node's own
+//! subject, through the routers' placement), applied to the local sockets of the user; the
+//! membership cache kept true; the router told each local user's conversations; and, after a
+//! reconnection, every local user's rooms brought in line with the store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chat_proto::client::{self, ConversationJson, Delivery};
+use chat_proto::v1::{self, user_event};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::Hub;
+use crate::error::CloseReason;
+use crate::socket::SocketHandle;
+
+impl Hub {
+    pub(super) fn forget_membership(&self, user_id: &str, conversation_id: &str) {
+        self.inner
+            .membership
+            .invalidate(&(Arc::from(user_id), Arc::from(conversation_id)));
+    }
+
+    /// Joins every local socket of `user_id` to a conversation; a socket that cannot join is
+    /// evicted (it reconnects and gets its rooms again; one over its room limit is told so).
+    pub async fn join_user(&self, user_id: &str, conversation_id: &str) -> Vec<SocketHandle> {
+        self.forget_membership(user_id, conversation_id);
+        let mut joined = Vec::new();
+        for socket in self.sockets_of(user_id) {
+            match self.join(&socket, conversation_id).await {
+                Ok(()) => joined.push(socket),
+                Err(error) => {
+                    tracing::warn!(conversation_id, ?error, "join failed; evicting");
+                    socket.evict(CloseReason::of_failed_join(&error));
+                }
+            }
+        }
+        joined
+    }
+
+    /// Takes every local socket of `user_id` out of a conversation.
+    pub fn leave_user(&self, user_id: &str, conversation_id: &str) -> Vec<SocketHandle> {
+        self.forget_membership(user_id, conversation_id);
+        let sockets = self.sockets_of(user_id);
+        for socket in &sockets {
+            self.leave(socket.id, conversation_id);
+        }
+        sockets
+    }
+
+    async fn user_joined(&self, user_id: &str, conversation: &v1::Conversation, event: &str) {
+        let frame = Utf8Bytes::from(client::push(
+            event,
+            serde_json::json!({ "conversation": ConversationJson::from(conversation) }),
+        ));
+        for socket in self.join_user(user_id, &conversation.id).await {
+            socket.push(&frame, Delivery::Durable, &self.inner.stats.pushes);
+        }
+    }
+
+    fn user_removed(&self, user_id: &str, conversation_id: &str) {
+        let frame = Utf8Bytes::from(client::push(
+            "conversation:removed",
+            serde_json::json!({ "conversationId": conversation_id }),
+        ));
+        for socket in self.leave_user(user_id, conversation_id) {
+            socket.push(&frame, Delivery::Durable, &self.inner.stats.pushes);
+        }
+    }
+
+    /// Tells the router a local user's conversations (who hears of their presence), when they
+    /// are first known and after each change.
+    pub fn tell_router_conversations(&self, user_id: &str) {
+        let Some(router) = &self.inner.router else {
+            return;
+        };
+        if let Some(socket) = self.sockets_of(user_id).first() {
+            let rooms = self.rooms_of(socket.id);
+            router.conversations(user_id, rooms.iter().map(|c| c.to_string()).collect());
+        }
+    }
+
+    pub(super) async fn on_user_event(&self, event: v1::UserEvent) {
+        match event.kind {
+            Some(user_event::Kind::Joined(joined)) => {
+                let Some(conversation) = joined.conversation else {
+                    return;
+                };
+                let name = if joined.created {
+                    "conversation:new"
+                } else {
+                    "conversation:joined"
+                };
+                self.user_joined(&event.user_id, &conversation, name).await;
+                self.tell_router_conversations(&event.user_id);
+            }
+            Some(user_event::Kind::Removed(removed)) => {
+                self.user_removed(&event.user_id, &removed.conversation_id);
+                self.tell_router_conversations(&event.user_id);
+            }
+            None => {}
+        }
+    }
+
+    /// After a reconnection: user events may have been lost, so each local user's rooms are
+    /// compared with the store's membership and brought in line.
+    pub(super) async fn resync_users(&self) {
+        let users: Vec<Arc<str>> = {
+            let registry = self.inner.registry.lock().expect("registry lock poisoned");
+            registry.users.keys().cloned().collect()
+        };
+        for user_id in users {
+            let Ok(conversations) = self.inner.worker.conversations_of(&user_id).await else {
+                tracing::warn!("cannot resync memberships: the worker is unavailable");
+                return;
+            };
+            let member_of: HashSet<&str> = conversations.iter().map(|c| c.id.as_str()).collect();
+            for socket in self.sockets_of(&user_id) {
+                let rooms = self.rooms_of(socket.id);
+                for room in rooms.iter().filter(|r| !member_of.contains(&***r)) {
+                    self.user_removed(&user_id, room);
+                }
+                for conversation in conversations
+                    .iter()
+                    .filter(|c| !rooms.iter().any(|r| **r == *c.id))
+                {
+                    self.user_joined(&user_id, conversation, "conversation:joined")
+                        .await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Shard subscriptions: one core NATS subscription per live shard with local rooms, owned by a
+//! task that decodes each event once, serializes the push once and hands the same bytes to every
+//! local member of the event's room.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chat_proto::client::{self};
+use chat_proto::v1::{ConversationEvent, conversation_event::Kind};
+use chat_proto::{bus, subjects};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::Hub;
+use super::room::Room;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Subscription {
+    Pending,
+    Live,
+    Failed,
+}
+
+/// A shard subscription of the node.
+pub(super) struct Shard {
+    /// Local rooms in the shard; the subscription ends with the last.
+    pub(super) num_rooms: usize,
+    /// Tells this subscription apart from a later one of the same shard.
+    pub(super) generation: u64,
+    pub(super) cancel: CancellationToken,
+    pub(super) state: watch::Receiver<Subscription>,
+}
+
+impl Hub {
+    pub(super) fn spawn_shard(&self, shard: u16, generation: u64) -> Shard {
+        let (state_tx, state) = watch::channel(Subscription::Pending);
+        let cancel = self.inner.token.child_token();
+        let hub = self.clone();
+        let task_cancel = cancel.clone();
+        self.inner.tracker.spawn(async move {
+            hub.run_shard(shard, generation, state_tx, task_cancel)
+                .await
+        });
+        Shard {
+            num_rooms: 0,
+            generation,
+            cancel,
+            state,
+        }
+    }
+
+    async fn run_shard(
+        &self,
+        shard: u16,
+        generation: u64,
+        state: watch::Sender<Subscription>,
+        cancel: CancellationToken,
+    ) {
+        let subject = subjects::conversation_live_shard(shard);
+        let subscribed = tokio::select! {
+            () = cancel.cancelled() => return,
+            subscribed = async {
+                let subscriber = self.inner.client.subscribe(subject).await.ok()?;
+                // The server has the subscription once a flush returns.
+                self.inner.client.flush().await.ok()?;
+                Some(subscriber)
+            } => subscribed,
+        };
+        let Some(mut subscriber) = subscribed else {
+            let _ = state.send(Subscription::Failed);
+            let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
+            if registry
+                .shards
+                .get(&shard)
+                .is_some_and(|s| s.generation == generation)
+            {
+                registry.shards.remove(&shard);
+            }
+            return;
+        };
+        let _ = state.send(Subscription::Live);
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            let message = tokio::select! {
+                biased;
+                () = &mut cancelled => break,
+                message = subscriber.next() => message,
+            };
+            let Some(message) = message else { break };
+            let event = match bus::decode_event(&message.payload, None) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::warn!(%error, "undecodable live event");
+                    continue;
+                }
+            };
+            if subjects::live_shard(&event.conversation_id) != shard {
+                tracing::warn!("an event on another shard's subject");
+                continue;
+            }
+            match self.room(&event.conversation_id) {
+                Some(room) => self.dispatch(&room, event),
+                None => {
+                    self.inner
+                        .stats
+                        .num_foreign_events
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // Dropping the subscriber unsubscribes.
+    }
+
+    pub(super) fn room(&self, conversation_id: &str) -> Option<Arc<Room>> {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry.rooms.get(conversation_id).cloned()
+    }
+
+    pub(super) fn dispatch(&self, room: &Room, event: ConversationEvent) {
+        if event.seq > 0 {
+            if !room
+                .seen
+                .lock()
+                .expect("room lock poisoned")
+                .insert(event.seq)
+            {
+                return;
+            }
+            self.observe(event.seq);
+        }
+        let skip_user = match &event.kind {
+            Some(Kind::ParticipantAdded(p)) => {
+                self.forget_membership(&p.user_id, &event.conversation_id);
+                None
+            }
+            Some(Kind::ParticipantRemoved(p)) => {
+                self.forget_membership(&p.user_id, &event.conversation_id);
+                None
+            }
+            Some(Kind::Typing(t)) => Some(t.user_id.as_str()),
+            _ => None,
+        };
+        let Some((frame, delivery)) = client::conversation_push(&event) else {
+            return;
+        };
+        let position =
+            (event.seq > 0).then(|| (subjects::fnv1a(&event.conversation_id), event.seq));
+        room.deliver(
+            &Utf8Bytes::from(frame),
+            delivery,
+            position,
+            skip_user,
+            &self.inner.stats.pushes,
+        );
+    }
+}

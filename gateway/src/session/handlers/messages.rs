@@ -1,0 +1,202 @@
+//! `message:send`, `message:edit`, `message:delete` and `messages:sync`.
+//!
+//! A send is published to the stream at once and answered when the stream acknowledges it
+//! ([`PendingSend`]), while the socket's next requests are read: sends keep their order. The
+//! acknowledged message is then announced live and acked to the sender.
+
+use std::pin::Pin;
+
+use chat_proto::bus::{self, BusError, Stored};
+use chat_proto::client::{self, DeleteData, EditData, MessageJson, SendData, SyncData};
+use chat_proto::subjects;
+use chat_proto::timestamp::now_ms;
+use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
+use serde_json::json;
+
+use super::Reply;
+use crate::error::RequestError;
+use crate::history::{self, Window};
+use crate::session::Session;
+use crate::validation;
+
+/// A send awaiting the stream. Its outcome is boxed: it would otherwise widen the request
+/// loop's state, held by every idle socket.
+pub(in crate::session) type PendingSend = Pin<Box<dyn Future<Output = Box<SendOutcome>> + Send>>;
+
+/// What a send needs once the stream has answered.
+pub(in crate::session) struct SendOutcome {
+    request_id: Option<String>,
+    /// The message as sent (its id is the stream's sequence).
+    message: v1::ChatMessage,
+    result: Result<Stored, BusError>,
+}
+
+fn created(message: v1::ChatMessage) -> ConversationEvent {
+    let conversation_id = message.conversation_id.clone();
+    let kind = Kind::MessageCreated(v1::MessageCreated {
+        message: Some(message),
+    });
+    ConversationEvent::new(conversation_id, kind)
+}
+
+impl Session {
+    pub(super) async fn send(
+        &mut self,
+        data: SendData,
+        request_id: Option<&str>,
+    ) -> Result<Reply, RequestError> {
+        let shared = &self.gateway.shared;
+        let mut message = validation::new_message(data, &self.identity.user_id, &shared.limits)?;
+        if shared.client.connection_state() != async_nats::connection::State::Connected {
+            // Fails fast instead of waiting out the timeout: the client retries, with the same
+            // `clientMessageId`, which never makes a second message.
+            return Err(RequestError::unavailable());
+        }
+        self.require_member(&message.conversation_id).await?;
+        message.created_at_ms = now_ms();
+        let dedup_id = message
+            .client_message_id
+            .as_deref()
+            .map(|id| subjects::dedup_id(&self.identity.user_id, &message.conversation_id, id));
+        let ack =
+            bus::start_durable(&shared.js, &created(message.clone()), dedup_id.as_deref()).await?;
+        let request_id = request_id.map(str::to_owned);
+        Ok(Reply::Later(Box::pin(async move {
+            Box::new(SendOutcome {
+                request_id,
+                message,
+                result: bus::finish_durable(ack).await,
+            })
+        })))
+    }
+
+    /// Answers a send the stream has acknowledged (or not), and announces it live.
+    pub(in crate::session) async fn finish_send(&mut self, outcome: Box<SendOutcome>) {
+        let SendOutcome {
+            request_id,
+            mut message,
+            result,
+        } = *outcome;
+        let shared = &self.gateway.shared;
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "send not acknowledged by the stream");
+                let error = RequestError::unavailable();
+                self.emit(error.to_frame(request_id.as_deref(), Some("message:send")));
+                return;
+            }
+        };
+        shared.hub.observe(stored.seq);
+        message.id = stored.seq;
+        // A duplicate is the first send's message, as it was stored. It is announced again: the
+        // first announcement may have been lost with the first ack (members drop what they have).
+        if stored.duplicate
+            && let Ok(Some(original)) = shared.reader.original(stored.seq).await
+        {
+            message = original;
+        }
+        let mut event = created(message.clone());
+        event.seq = stored.seq;
+        if let Err(error) = bus::publish_live(&shared.client, &event).await {
+            tracing::warn!(%error, "live publish failed; members fill from the stream");
+        }
+        if let Some(id) = request_id {
+            let data = client::MessageData {
+                message: MessageJson::from(&message),
+            };
+            self.emit(client::ack(&id, data));
+        }
+    }
+
+    /// The message `id` if it is the user's own and still there.
+    async fn own_message(
+        &self,
+        id: u64,
+        conversation_id: Option<&str>,
+    ) -> Result<v1::ChatMessage, RequestError> {
+        if let Some(conversation_id) = conversation_id {
+            validation::conversation_id(conversation_id)?;
+        }
+        let shared = &self.gateway.shared;
+        let message = history::current_message(&shared.worker, &shared.reader, id).await?;
+        if conversation_id.is_some_and(|c| c != message.conversation_id) || message.deleted {
+            return Err(RequestError::not_found("no such message"));
+        }
+        if *message.sender_id != *self.identity.user_id {
+            return Err(RequestError::forbidden(
+                "only the sender may change a message",
+            ));
+        }
+        self.require_member(&message.conversation_id).await?;
+        Ok(message)
+    }
+
+    /// Stores an event durably and announces it.
+    async fn record(&self, conversation_id: &str, kind: Kind) -> Result<Stored, RequestError> {
+        let shared = &self.gateway.shared;
+        let event = ConversationEvent::new(conversation_id.to_owned(), kind);
+        let (_, stored) = bus::publish(&shared.js, &shared.client, event, None).await?;
+        shared.hub.observe(stored.seq);
+        Ok(stored)
+    }
+
+    pub(super) async fn edit(&mut self, data: EditData) -> Result<Reply, RequestError> {
+        validation::content(&data.content, &self.gateway.shared.limits)?;
+        let mut message = self
+            .own_message(data.message_id, data.conversation_id.as_deref())
+            .await?;
+        let edited_at_ms = now_ms();
+        let edit = v1::MessageEdited {
+            message_id: message.id,
+            editor_id: self.identity.user_id.to_string(),
+            content: data.content.clone(),
+            edited_at_ms,
+        };
+        self.record(&message.conversation_id, Kind::MessageEdited(edit))
+            .await?;
+        message.content = data.content;
+        message.edited_at_ms = Some(edited_at_ms);
+        Ok(Reply::Ack(
+            json!({ "message": MessageJson::from(&message) }),
+        ))
+    }
+
+    pub(super) async fn delete(&mut self, data: DeleteData) -> Result<Reply, RequestError> {
+        let message = self
+            .own_message(data.message_id, data.conversation_id.as_deref())
+            .await?;
+        let delete = v1::MessageDeleted {
+            message_id: message.id,
+            deleter_id: self.identity.user_id.to_string(),
+            deleted_at_ms: now_ms(),
+        };
+        self.record(&message.conversation_id, Kind::MessageDeleted(delete))
+            .await?;
+        Ok(Reply::Ack(json!({})))
+    }
+
+    pub(super) async fn sync(&mut self, data: SyncData) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        let (default, max) = client::SYNC_LIMIT;
+        let limit = data.limit.unwrap_or(default);
+        if limit == 0 || limit > max {
+            return Err(RequestError::invalid(format!("limit must be 1 to {max}")));
+        }
+        self.require_member(&data.conversation_id).await?;
+        let window = Window::new(data.last_message_id, data.before_message_id);
+        let shared = &self.gateway.shared;
+        let (messages, has_more) = history::sync(
+            &shared.worker,
+            &shared.reader,
+            &data.conversation_id,
+            window,
+            limit,
+        )
+        .await?;
+        let messages: Vec<_> = messages.iter().map(MessageJson::from).collect();
+        Ok(Reply::Ack(
+            json!({ "messages": messages, "hasMore": has_more }),
+        ))
+    }
+}

@@ -1,0 +1,151 @@
+//! The request handlers, one module per family: [`auth`] (auth, resume, ping), [`messages`]
+//! (send, edit, delete, sync), [`rooms`] (create, join, leave, list, info, online),
+//! [`presence`], [`typing`] and [`receipts`]. Each takes its typed data and answers with a
+//! [`Reply`] or a [`RequestError`]; [`Session::on_text`] decodes the frame, dispatches it and
+//! puts the answer on the wire.
+
+mod auth;
+mod messages;
+mod presence;
+mod receipts;
+mod rooms;
+mod typing;
+
+use std::sync::Arc;
+
+use chat_proto::client;
+
+use super::Session;
+use crate::error::RequestError;
+use crate::request::{self, Body};
+use crate::resume;
+
+pub(super) use messages::PendingSend;
+
+/// What a handled request answers.
+pub(super) enum Reply {
+    /// Ack with this data now.
+    Ack(serde_json::Value),
+    /// Ack a resume with this data, then release the replay.
+    Resumed(serde_json::Value, Option<resume::Replay>),
+    /// The answer comes when this send is acknowledged by the stream.
+    Later(PendingSend),
+}
+
+impl Session {
+    /// Handles one text frame; a send comes back to wait for the stream.
+    pub(super) async fn on_text(&mut self, text: &str) -> Option<PendingSend> {
+        let max_bytes = self.gateway.shared.settings.config.max_message_bytes;
+        let decoded = request::decode(text, max_bytes);
+        if self.resume_wait.is_some()
+            && !matches!(&decoded, Ok(r) if matches!(r.body, Body::Resume(_)))
+        {
+            // The first request is not `resume`: nothing to wait for.
+            self.resume_wait = None;
+            self.release(None);
+        }
+        let request = match decoded {
+            Ok(request) => request,
+            Err(refusal) => {
+                self.emit(refusal.to_frame());
+                return None;
+            }
+        };
+        let request_id = request.request_id;
+        let event = request.body.name();
+        match self.dispatch(request.body, request_id.as_deref()).await {
+            Ok(Reply::Ack(data)) => {
+                if let Some(id) = request_id {
+                    self.emit(client::ack(&id, data));
+                }
+                None
+            }
+            Ok(Reply::Resumed(data, replay)) => {
+                if let Some(id) = request_id {
+                    self.emit(client::ack(&id, data));
+                }
+                self.release(replay);
+                None
+            }
+            Ok(Reply::Later(send)) => Some(send),
+            Err(error) => {
+                self.emit(error.to_frame(request_id.as_deref(), Some(event)));
+                None
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        body: Body,
+        request_id: Option<&str>,
+    ) -> Result<Reply, RequestError> {
+        if body.is_message() {
+            self.take_message_token()?;
+        }
+        match body {
+            Body::Ping => Ok(auth::pong()),
+            Body::Auth(data) => self.reauthenticate(data).await,
+            Body::Resume(data) => self.resume(data).await,
+            Body::Send(data) => self.send(data, request_id).await,
+            Body::Edit(data) => self.edit(data).await,
+            Body::Delete(data) => self.delete(data).await,
+            Body::Sync(data) => self.sync(data).await,
+            Body::Create(data) => self.create(data).await,
+            Body::Join(data) => self.join(data).await,
+            Body::Leave(data) => self.leave(data).await,
+            Body::List => self.list().await,
+            Body::Info(data) => self.info(data).await,
+            Body::Online(data) => self.online(data).await,
+            Body::Typing(data, is_typing) => self.typing(data, is_typing).await,
+            Body::Receipt(data, read) => self.receipt(data, read).await,
+            Body::PresenceUpdate(data) => self.update_presence(&data),
+            Body::PresenceQuery(data) => self.query_presence(data).await,
+        }
+    }
+
+    /// Counts a message sent, edited or deleted against the user's rate on this node.
+    fn take_message_token(&self) -> Result<(), RequestError> {
+        let shared = &self.gateway.shared;
+        let config = &shared.settings.config;
+        let rate = match self.identity.role.as_deref() {
+            Some("guest") => config.guest_message_rate,
+            _ => config.message_rate,
+        };
+        shared
+            .message_rates
+            .take(Arc::clone(&self.identity.user_id), rate)
+            .map_err(|wait| RequestError::rate_limited("too many messages; slow down", wait))
+    }
+
+    /// Checks that the user is a member: from the socket's own rooms, the cache, or the worker.
+    async fn require_member(&self, conversation_id: &str) -> Result<(), RequestError> {
+        let shared = &self.gateway.shared;
+        if shared.hub.is_joined(self.socket.id, conversation_id) {
+            return Ok(());
+        }
+        let key = (
+            Arc::clone(&self.identity.user_id),
+            Arc::<str>::from(conversation_id),
+        );
+        let member = match shared.membership.get(&key) {
+            Some(member) => member,
+            None => {
+                let reply = shared
+                    .worker
+                    .membership(&self.identity.user_id, conversation_id)
+                    .await?;
+                if !reply.exists {
+                    return Err(RequestError::not_found("no such conversation"));
+                }
+                shared.membership.insert(key, reply.member);
+                reply.member
+            }
+        };
+        if member {
+            Ok(())
+        } else {
+            Err(RequestError::forbidden("not a member of this conversation"))
+        }
+    }
+}
