@@ -19,6 +19,32 @@ use crate::validation::valid_id;
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// Why a key could not be loaded (at start, or when a JWKS file is read again).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A public key option not of the form `[KID=]ALG:PEM_PATH`.
+    #[error("expected [KID=]ALG:PEM_PATH")]
+    Spec,
+    /// An algorithm other than RS256 and ES256.
+    #[error("algorithm {0:?}: expected RS256 or ES256")]
+    Algorithm(String),
+    /// A file that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A PEM file that holds no key of its algorithm.
+    #[error("not a {algorithm:?} public key: {source}")]
+    NotAKey {
+        algorithm: Algorithm,
+        source: jsonwebtoken::errors::Error,
+    },
+    /// A JWKS file that is not a JWKS document.
+    #[error("not a JWKS document: {0}")]
+    NotJwks(serde_json::Error),
+}
+
 /// Why a token was refused. The message is safe to show the client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -64,25 +90,23 @@ impl KeySpec {
     }
 
     /// Parses `[KID=]ALG:PEM_PATH` and reads the PEM file.
-    pub fn parse_public(spec: &str) -> Result<Self, String> {
+    pub fn parse_public(spec: &str) -> Result<Self, KeyError> {
         let (kid, rest) = match spec.split_once('=') {
             Some((kid, rest)) => (Some(kid.trim().to_owned()), rest),
             None => (None, spec),
         };
-        let (algorithm, path) = rest
-            .split_once(':')
-            .ok_or_else(|| "expected [KID=]ALG:PEM_PATH".to_owned())?;
+        let (algorithm, path) = rest.split_once(':').ok_or(KeyError::Spec)?;
         let algorithm = match algorithm.trim() {
             "RS256" => Algorithm::RS256,
             "ES256" => Algorithm::ES256,
-            other => return Err(format!("algorithm {other:?}: expected RS256 or ES256")),
+            other => return Err(KeyError::Algorithm(other.to_owned())),
         };
         let pem = read_pem(path.trim())?;
         let key = match algorithm {
             Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
             _ => DecodingKey::from_ec_pem(&pem),
         }
-        .map_err(|e| format!("not a {algorithm:?} public key: {e}"))?;
+        .map_err(|source| KeyError::NotAKey { algorithm, source })?;
         Ok(Self {
             kid,
             algorithm,
@@ -114,10 +138,9 @@ struct Claims {
 /// Keys of a JWKS document: RSA keys (RS256) and P-256 keys (ES256), each with its `kid`. Keys
 /// of other kinds, and symmetric keys, which have no place in a public set, are skipped and
 /// named in the second list.
-pub fn keys_from_jwks(json: &str) -> Result<(Vec<KeySpec>, Vec<String>), String> {
+pub fn keys_from_jwks(json: &str) -> Result<(Vec<KeySpec>, Vec<String>), KeyError> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
-    let set: JwkSet =
-        serde_json::from_str(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let set: JwkSet = serde_json::from_str(json).map_err(KeyError::NotJwks)?;
     let (mut keys, mut skipped) = (Vec::new(), Vec::new());
     for jwk in &set.keys {
         let kid = jwk.common.key_id.clone().unwrap_or_default();
@@ -157,7 +180,7 @@ pub struct JwksFile {
 
 impl JwksFile {
     /// Reads the file once; it must hold a JWKS document.
-    pub fn load(path: PathBuf, refresh: Duration) -> Result<Self, String> {
+    pub fn load(path: PathBuf, refresh: Duration) -> Result<Self, KeyError> {
         let keys = read_jwks(&path)?;
         Ok(Self {
             path,
@@ -194,9 +217,11 @@ impl JwksFile {
 /// make the server read the file for each).
 const MISSING_KID_RELOAD: Duration = Duration::from_secs(10);
 
-fn read_jwks(path: &Path) -> Result<Arc<[KeySpec]>, String> {
-    let json = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn read_jwks(path: &Path) -> Result<Arc<[KeySpec]>, KeyError> {
+    let json = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     let (keys, skipped) = keys_from_jwks(&json)?;
     if !skipped.is_empty() {
         tracing::info!(
@@ -308,8 +333,11 @@ impl Verifier {
 }
 
 /// A PEM file's contents, for [`KeySpec::parse_public`].
-fn read_pem(path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
+fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[derive(Serialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chat_proto::options::{self, OptionError};
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{JwksFile, KeySpec, Verifier};
+use crate::auth::{JwksFile, KeyError, KeySpec, Verifier};
 use crate::limits::Rate;
 
 /// The chat gateway: terminates client WebSockets on `/ws`, verifies JWTs and origins, and speaks
@@ -259,7 +259,7 @@ pub enum ConfigError {
         /// The option as given.
         spec: String,
         /// What is wrong.
-        reason: String,
+        reason: KeyError,
     },
     /// An option's value out of its range, or options that contradict each other.
     #[error(transparent)]

@@ -187,6 +187,27 @@ impl From<crate::worker::CallError> for RequestError {
     }
 }
 
+impl From<crate::history::ReadError> for RequestError {
+    fn from(error: crate::history::ReadError) -> Self {
+        use crate::history::ReadError;
+        match error {
+            ReadError::Stream => Self::unavailable(),
+            ReadError::NotFound => Self::not_found("no such message"),
+            ReadError::Worker(error) => error.into(),
+        }
+    }
+}
+
+impl From<crate::resume::ResumeError> for RequestError {
+    fn from(error: crate::resume::ResumeError) -> Self {
+        use crate::resume::ResumeError;
+        match error {
+            ResumeError::Invalid => Self::invalid(error.to_string()),
+            ResumeError::OtherUser => Self::forbidden(error.to_string()),
+        }
+    }
+}
+
 impl From<chat_proto::bus::BusError> for RequestError {
     fn from(error: chat_proto::bus::BusError) -> Self {
         tracing::warn!(%error, "bus failure");

@@ -12,8 +12,21 @@ pub use chat_proto::history::Window;
 use chat_proto::v1::{self, ChatMessage, ConversationEvent, conversation_event::Kind};
 use chat_proto::{bus, subjects};
 
-use crate::error::RequestError;
 use crate::worker::{CallError, WorkerClient};
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream could not be read (NATS down, or too slow).
+    #[error("the stream cannot be read")]
+    Stream,
+    /// No such message (or it is not there any more).
+    #[error("no such message")]
+    NotFound,
+    /// The worker refused or failed.
+    #[error(transparent)]
+    Worker(#[from] CallError),
+}
 
 /// Most stream events one read goes through beyond the store's position.
 const MAX_STREAM_EVENTS: usize = 10_000;
@@ -37,7 +50,7 @@ impl StreamReader {
         conversation_id: &str,
         after: u64,
         max: usize,
-    ) -> Result<(Vec<ConversationEvent>, bool), RequestError> {
+    ) -> Result<(Vec<ConversationEvent>, bool), ReadError> {
         let subject = subjects::conversation_stream(conversation_id);
         let mut events = Vec::new();
         let mut next = after + 1;
@@ -61,7 +74,7 @@ impl StreamReader {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "stream read failed");
-                    return Err(RequestError::unavailable());
+                    return Err(ReadError::Stream);
                 }
             }
         }
@@ -69,13 +82,13 @@ impl StreamReader {
     }
 
     /// The message created at stream sequence `id`, as first sent (later edits not applied).
-    pub async fn original(&self, id: u64) -> Result<Option<ChatMessage>, RequestError> {
+    pub async fn original(&self, id: u64) -> Result<Option<ChatMessage>, ReadError> {
         let message = match self.stream.direct_get(id).await {
             Ok(message) => message,
             Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
             Err(error) => {
                 tracing::warn!(%error, "stream read failed");
-                return Err(RequestError::unavailable());
+                return Err(ReadError::Stream);
             }
         };
         let Ok(event) = bus::decode_event(&message.payload, Some(message.sequence)) else {
@@ -102,7 +115,7 @@ pub async fn sync(
     conversation_id: &str,
     window: Window,
     limit: u32,
-) -> Result<Page, RequestError> {
+) -> Result<Page, ReadError> {
     let (after_id, before_id) = window.ids();
     let request = v1::HistoryRequest {
         conversation_id: conversation_id.to_owned(),
@@ -128,16 +141,15 @@ pub async fn current_message(
     worker: &WorkerClient,
     reader: &StreamReader,
     id: u64,
-) -> Result<ChatMessage, RequestError> {
-    let not_found = || RequestError::not_found("no such message");
+) -> Result<ChatMessage, ReadError> {
     let (base, known_through) = match worker.message(id).await {
         Ok(v1::GetMessageReply {
             message: Some(message),
             committed_seq,
         }) => (message, committed_seq),
-        Ok(reply) if id <= reply.committed_seq => return Err(not_found()),
+        Ok(reply) if id <= reply.committed_seq => return Err(ReadError::NotFound),
         Ok(_) | Err(CallError::Unavailable) => {
-            (reader.original(id).await?.ok_or_else(not_found)?, id)
+            (reader.original(id).await?.ok_or(ReadError::NotFound)?, id)
         }
         Err(error) => return Err(error.into()),
     };
@@ -149,7 +161,7 @@ pub async fn current_message(
         )
         .await?;
     let (mut page, _) = merge(vec![base], false, events, Window::After(id - 1), 1);
-    page.pop().ok_or_else(not_found)
+    page.pop().ok_or(ReadError::NotFound)
 }
 
 /// Folds `events` (all after the store's position, in order) into the store's page and cuts

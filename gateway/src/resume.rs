@@ -43,6 +43,17 @@ struct Claims {
 
 const TOKEN_TYPE: &str = "resume";
 
+/// Why a resume token is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResumeError {
+    /// Not signed by the gateways, malformed, or expired.
+    #[error("resumeToken is not valid or has expired")]
+    Invalid,
+    /// Another user's token.
+    #[error("resumeToken is another user's")]
+    OtherUser,
+}
+
 /// The gateways' key for resume tokens.
 #[derive(Clone)]
 pub struct ResumeKeys {
@@ -92,15 +103,15 @@ impl ResumeKeys {
     }
 
     /// The old session a token names, if it is valid, unexpired and `user_id`'s.
-    pub fn verify(&self, token: &str, user_id: &str) -> Result<String, RequestError> {
+    pub fn verify(&self, token: &str, user_id: &str) -> Result<String, ResumeError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|_| RequestError::invalid("resumeToken is not valid or has expired"))?
+            .map_err(|_| ResumeError::Invalid)?
             .claims;
         if claims.typ != TOKEN_TYPE || claims.sub != user_id {
-            return Err(RequestError::forbidden("resumeToken is another user's"));
+            return Err(ResumeError::OtherUser);
         }
         Ok(claims.sid)
     }

@@ -98,7 +98,7 @@ pub(super) async fn open(
                 old_session,
                 positions: data.positions,
             },
-            Err(error) => Resume::Refused(error.message.into_owned()),
+            Err(error) => Resume::Refused(error.to_string()),
         },
         (Some(_), None) if resume_query => Resume::Awaited,
         (Some(_), None) => Resume::No,

@@ -42,7 +42,7 @@ impl Session {
         };
         if let Err(error) = keys.verify(&data.resume_token, &self.identity.user_id) {
             self.release(None);
-            return Err(error);
+            return Err(error.into());
         }
         let (report, replay) = Box::pin(self.replay(&data.positions)).await;
         Ok(Reply::Resumed(report, replay))
