@@ -95,10 +95,16 @@ impl WorkerClient {
         Ok(reply.conversations)
     }
 
-    /// One conversation.
-    pub async fn conversation(&self, conversation_id: &str) -> Result<v1::Conversation, CallError> {
+    /// One conversation, with every participant's id when `all_participants` (else the first
+    /// 100).
+    pub async fn conversation(
+        &self,
+        conversation_id: &str,
+        all_participants: bool,
+    ) -> Result<v1::Conversation, CallError> {
         let request = v1::ConversationInfoRequest {
             conversation_id: conversation_id.to_owned(),
+            all_participants,
         };
         let reply: v1::ConversationInfoReply = self.call(rpc::CONVERSATION_INFO, &request).await?;
         reply.conversation.ok_or(CallError::Malformed)

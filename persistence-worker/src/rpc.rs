@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::password;
-use crate::store::{Membership, Page, Store, StoreError, Window};
+use crate::store::{
+    LISTED_PARTICIPANTS, MAX_READ_PARTICIPANTS, Membership, Page, Store, StoreError, Window,
+};
 
 /// Most conversations `room:list` returns.
 const MAX_LISTED_CONVERSATIONS: u32 = 500;
@@ -172,9 +174,14 @@ impl<S: Store> Handlers<S> {
             }
             rpc::CONVERSATION_INFO => {
                 let r = v1::ConversationInfoRequest::decode(payload)?;
+                let max_participants = if r.all_participants {
+                    MAX_READ_PARTICIPANTS
+                } else {
+                    LISTED_PARTICIPANTS
+                };
                 let stored = self
                     .store
-                    .conversation(&r.conversation_id)
+                    .conversation(&r.conversation_id, max_participants)
                     .await?
                     .ok_or(Failure::NotFound("no such conversation"))?;
                 v1::ConversationInfoReply {
@@ -278,7 +285,7 @@ impl<S: Store> Handlers<S> {
     async fn load(&self, conversation_id: &str) -> Result<v1::Conversation, Failure> {
         Ok(self
             .store
-            .conversation(conversation_id)
+            .conversation(conversation_id, LISTED_PARTICIPANTS)
             .await?
             .ok_or(Failure::NotFound("no such conversation"))?
             .conversation)
@@ -334,7 +341,7 @@ impl<S: Store> Handlers<S> {
     async fn join(&self, r: v1::JoinConversationRequest) -> Result<v1::Conversation, Failure> {
         let stored = self
             .store
-            .conversation(&r.conversation_id)
+            .conversation(&r.conversation_id, LISTED_PARTICIPANTS)
             .await?
             .ok_or(Failure::NotFound("no such conversation"))?;
         match self

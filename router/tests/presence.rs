@@ -502,6 +502,26 @@ async fn a_partner_who_leaves_as_the_room_is_made_is_reported_offline() {
 }
 
 #[tokio::test]
+async fn room_online_names_every_member_of_a_big_room() {
+    let setup = Setup::start(2, 5).await;
+    let mut members = Vec::new();
+    for i in 0..150 {
+        members.push(setup.client(i % 2, &format!("member-{i:03}")).await);
+    }
+    let others: Vec<String> = (1..150).map(|i| format!("member-{i:03}")).collect();
+    let room = create_room(
+        &mut members[0],
+        &others.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let online = members[0]
+        .ok("room:online", json!({ "conversationId": room }))
+        .await;
+    let online = online["userIds"].as_array().unwrap();
+    assert_eq!(online.len(), 150, "a room of 150, all connected");
+}
+
+#[tokio::test]
 async fn events_for_one_user_go_only_to_the_nodes_that_hold_them() {
     use futures_util::StreamExt as _;
     let setup = Setup::start(2, 5).await;

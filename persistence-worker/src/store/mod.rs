@@ -38,6 +38,11 @@ pub enum StoreError {
 
 pub use chat_proto::history::Window;
 
+/// Participant ids a conversation carries in events and answers (large rooms are cut).
+pub const LISTED_PARTICIPANTS: u32 = 100;
+/// Participant ids read for an answer that needs them all (`room:online`).
+pub const MAX_READ_PARTICIPANTS: u32 = 10_000;
+
 /// A page of history, in id order.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -89,10 +94,12 @@ pub trait Store: Send + Sync + 'static {
         conversation_id: &str,
     ) -> impl Future<Output = Result<Membership, StoreError>> + Send;
 
-    /// A conversation.
+    /// A conversation, with at most `max_participants` of its participant ids (in id order;
+    /// `num_participants` counts them all).
     fn conversation(
         &self,
         conversation_id: &str,
+        max_participants: u32,
     ) -> impl Future<Output = Result<Option<StoredConversation>, StoreError>> + Send;
 
     /// The conversations a user is a member of, newest first, at most `limit`.

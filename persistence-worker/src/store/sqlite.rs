@@ -11,7 +11,7 @@ use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{Membership, Page, Store, StoreError, StoredConversation, Window};
+use super::{LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation, Window};
 
 /// The schema, one entry a version: entry `i` takes the store from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[r#"
@@ -47,9 +47,6 @@ CREATE TABLE positions (
     seq INTEGER NOT NULL
 );
 "#];
-
-/// How many participant ids a conversation read returns; the count is always whole.
-const MAX_LISTED_PARTICIPANTS: u32 = 100;
 
 /// The SQLite store; a cheap `Clone` handle.
 #[derive(Clone)]
@@ -228,6 +225,7 @@ const MESSAGE_COLUMNS: &str = "body, content, edited_at_ms, deleted";
 fn load_conversation(
     connection: &Connection,
     conversation_id: &str,
+    max_participants: u32,
 ) -> Result<Option<StoredConversation>, StoreError> {
     let row = connection
         .query_row(
@@ -258,9 +256,7 @@ fn load_conversation(
          ORDER BY user_id LIMIT ?2",
     )?;
     let participant_ids = statement
-        .query_map(params![conversation_id, MAX_LISTED_PARTICIPANTS], |row| {
-            row.get(0)
-        })?
+        .query_map(params![conversation_id, max_participants], |row| row.get(0))?
         .collect::<Result<Vec<String>, _>>()?;
     Ok(Some(StoredConversation {
         conversation: Conversation {
@@ -354,9 +350,10 @@ impl Store for SqliteStore {
     async fn conversation(
         &self,
         conversation_id: &str,
+        max_participants: u32,
     ) -> Result<Option<StoredConversation>, StoreError> {
         let conversation_id = conversation_id.to_owned();
-        self.with(move |c| load_conversation(c, &conversation_id))
+        self.with(move |c| load_conversation(c, &conversation_id, max_participants))
             .await
     }
 
@@ -379,7 +376,7 @@ impl Store for SqliteStore {
             };
             let mut conversations = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(stored) = load_conversation(c, &id)? {
+                if let Some(stored) = load_conversation(c, &id, LISTED_PARTICIPANTS)? {
                     conversations.push(stored.conversation);
                 }
             }
@@ -603,7 +600,11 @@ mod tests {
             store.membership("bob", "c2").await.unwrap(),
             Membership::NoConversation
         );
-        let info = store.conversation("c1").await.unwrap().unwrap();
+        let info = store
+            .conversation("c1", LISTED_PARTICIPANTS)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(info.conversation.num_participants, 2);
         assert_eq!(store.conversations_of("bob", 10).await.unwrap().len(), 1);
     }

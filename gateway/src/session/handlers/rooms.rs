@@ -76,7 +76,10 @@ impl Session {
     pub(super) async fn info(&mut self, data: ConversationRef) -> Result<Reply, RequestError> {
         validation::conversation_id(&data.conversation_id)?;
         let shared = &self.gateway.shared;
-        let conversation = shared.worker.conversation(&data.conversation_id).await?;
+        let conversation = shared
+            .worker
+            .conversation(&data.conversation_id, false)
+            .await?;
         if conversation.private {
             self.require_member(&conversation.id).await?;
         }
@@ -91,7 +94,11 @@ impl Session {
         self.require_member(&data.conversation_id).await?;
         let router = self.router()?;
         let shared = &self.gateway.shared;
-        let conversation = shared.worker.conversation(&data.conversation_id).await?;
+        // Every member, not the first 100 a conversation carries.
+        let conversation = shared
+            .worker
+            .conversation(&data.conversation_id, true)
+            .await?;
         let mut user_ids = router
             .routers()
             .online_members(conversation.participant_ids)
