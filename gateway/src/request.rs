@@ -27,24 +27,39 @@ pub struct Request {
 /// A request's event and its data.
 #[derive(Debug)]
 pub enum Body {
+    /// `ping`.
     Ping,
+    /// `auth`: a fresh token (and, as a first frame, what to resume).
     Auth(AuthData),
+    /// `resume`, the first request after `resume=1`.
     Resume(ResumeData),
+    /// `message:send`.
     Send(SendData),
+    /// `message:edit`.
     Edit(EditData),
+    /// `message:delete`.
     Delete(DeleteData),
+    /// `messages:sync`.
     Sync(SyncData),
+    /// `room:create`.
     Create(CreateData),
+    /// `room:join`.
     Join(JoinData),
+    /// `room:leave`.
     Leave(ConversationRef),
+    /// `room:list`.
     List,
+    /// `room:info`.
     Info(ConversationRef),
+    /// `room:online`.
     Online(ConversationRef),
     /// `typing:start` (true) or `typing:stop`.
     Typing(ConversationRef, bool),
     /// `message:read` (true) or `message:delivered`.
     Receipt(ReceiptData, bool),
+    /// `presence:update`.
     PresenceUpdate(StatusData),
+    /// `presence:query`.
     PresenceQuery(UsersData),
 }
 
@@ -89,11 +104,6 @@ impl Body {
         }
     }
 
-    /// Whether it sends, edits or deletes a message (counted against the user's rate).
-    pub fn is_message(&self) -> bool {
-        matches!(self, Self::Send(_) | Self::Edit(_) | Self::Delete(_))
-    }
-
     /// The body of `event` with its raw `data`.
     fn parse(event: &str, data: &str) -> Result<Self, RequestError> {
         Ok(match event {
@@ -121,11 +131,19 @@ impl Body {
     }
 }
 
+/// Whether `event` sends, edits or deletes a message (counted against the user's rate).
+pub fn is_message(event: &str) -> bool {
+    matches!(event, "message:send" | "message:edit" | "message:delete")
+}
+
 /// A frame refused before it became a request: the error, and what of the envelope to echo.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// What the client is told.
     pub error: RequestError,
+    /// The `requestId`, when it could be read.
     pub request_id: Option<String>,
+    /// The event name (at most 64 characters), when it could be read.
     pub event: Option<String>,
 }
 

@@ -184,8 +184,15 @@ impl<S: Store> Handlers<S> {
                     .conversation(&r.conversation_id, max_participants)
                     .await?
                     .ok_or(Failure::NotFound("no such conversation"))?;
+                let mut conversation = stored.conversation;
+                // A room of many long ids is cut to what a reply may carry.
+                let mut size = 0;
+                conversation.participant_ids.retain(|id| {
+                    size += id.len() + 8;
+                    size <= self.max_reply_bytes
+                });
                 v1::ConversationInfoReply {
-                    conversation: Some(stored.conversation),
+                    conversation: Some(conversation),
                 }
                 .encode_to_vec()
             }
@@ -267,19 +274,23 @@ impl<S: Store> Handlers<S> {
             })
     }
 
-    /// Announces `kind` to `user_id` on the nodes of `placement` (every node when `None`).
+    /// Announces `kind` to `user_id` on the nodes of `placement` (every node when `None`). The
+    /// change is durable already: an announcement that cannot be published is logged, and the
+    /// others go on (the user's sockets get the change at their next connect or resync).
     async fn announce(
         &self,
         user_id: &str,
         kind: v1::user_event::Kind,
         placement: Option<&HashMap<String, Vec<String>>>,
-    ) -> Result<(), Failure> {
+    ) {
         let event = v1::UserEvent {
             user_id: user_id.to_owned(),
             kind: Some(kind),
         };
         let nodes = placement.map(|p| p.get(user_id).map_or(&[][..], Vec::as_slice));
-        Ok(bus::publish_user(&self.client, &event, nodes).await?)
+        if let Err(error) = bus::publish_user(&self.client, &event, nodes).await {
+            tracing::warn!(%error, user_id, "membership change not announced");
+        }
     }
 
     async fn load(&self, conversation_id: &str) -> Result<v1::Conversation, Failure> {
@@ -333,7 +344,7 @@ impl<S: Store> Handlers<S> {
                 created: true,
             };
             let kind = v1::user_event::Kind::Joined(joined);
-            self.announce(user_id, kind, placement.as_ref()).await?;
+            self.announce(user_id, kind, placement.as_ref()).await;
         }
         Ok(conversation)
     }
@@ -377,7 +388,7 @@ impl<S: Store> Handlers<S> {
         let users = [r.user_id];
         let placement = self.members_changed(&conversation.id, &users, &[]).await;
         let kind = v1::user_event::Kind::Joined(joined);
-        self.announce(&users[0], kind, placement.as_ref()).await?;
+        self.announce(&users[0], kind, placement.as_ref()).await;
         Ok(conversation)
     }
 
@@ -402,7 +413,7 @@ impl<S: Store> Handlers<S> {
         let users = [r.user_id];
         let placement = self.members_changed(&r.conversation_id, &[], &users).await;
         let kind = v1::user_event::Kind::Removed(gone);
-        self.announce(&users[0], kind, placement.as_ref()).await?;
+        self.announce(&users[0], kind, placement.as_ref()).await;
         self.load(&r.conversation_id).await
     }
 }

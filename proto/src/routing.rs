@@ -122,21 +122,24 @@ impl Routers {
         for user_id in left {
             by_owner[self.owner(&user_id)].1.push(user_id);
         }
-        let mut nodes = HashMap::new();
-        let mut complete = true;
-        for (index, (joined, left)) in by_owner.into_iter().enumerate() {
-            if joined.is_empty() && left.is_empty() {
-                continue;
-            }
-            let reply = self
-                .client(index)
-                .members_changed(v1::MembersChangedRequest {
+        // The owners at once: one that hangs costs the caller one timeout, not one each.
+        let calls = by_owner
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (joined, left))| !joined.is_empty() || !left.is_empty())
+            .map(|(index, (joined, left))| {
+                let request = v1::MembersChangedRequest {
                     conversation_id: conversation_id.to_owned(),
                     joined,
                     left,
-                })
-                .await?
-                .into_inner();
+                };
+                let mut client = self.client(index);
+                async move { client.members_changed(request).await }
+            });
+        let mut nodes = HashMap::new();
+        let mut complete = true;
+        for reply in futures_util::future::join_all(calls).await {
+            let reply = reply?.into_inner();
             complete &= reply.complete;
             nodes.extend(reply.users.into_iter().map(|u| (u.user_id, u.node_ids)));
         }

@@ -13,6 +13,7 @@ use super::Hub;
 use super::room::Room;
 use crate::error::CloseReason;
 
+/// How far below the node's highest known sequence a fill reaches for quiet rooms: events in
 /// flight when a loss began (published by other nodes but not yet delivered) are within it.
 const FILL_SLACK: u64 = 16_384;
 /// Most events one room fills at once; a larger gap evicts its members so they resume.

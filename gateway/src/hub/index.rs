@@ -40,7 +40,6 @@ pub(super) struct Registry {
     pub(super) shards: HashMap<u16, Shard>,
     pub(super) users: HashMap<Arc<str>, Vec<SocketHandle>>,
     pub(super) socket_rooms: HashMap<SocketId, HashSet<Arc<str>>>,
-    pub(super) next_generation: u64,
 }
 
 impl Hub {
@@ -145,10 +144,10 @@ impl Hub {
                         seen: Mutex::new(SeenSeqs::new(self.inner.hwm.load(Ordering::Relaxed))),
                     });
                     registry.rooms.insert(conversation_id, Arc::clone(&room));
-                    let shard = registry.shards.entry(shard).or_insert_with(|| {
-                        registry.next_generation += 1;
-                        self.spawn_shard(shard, registry.next_generation)
-                    });
+                    let shard = registry
+                        .shards
+                        .entry(shard)
+                        .or_insert_with(|| self.spawn_shard(shard));
                     shard.num_rooms += 1;
                     room
                 }
@@ -158,6 +157,7 @@ impl Hub {
                 members.push(socket.clone());
             }
             drop(members);
+            // The room's shard is there: a shard stays while it has rooms.
             registry.shards[&shard].state.clone()
         };
         let live = tokio::time::timeout(

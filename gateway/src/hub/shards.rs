@@ -23,29 +23,26 @@ pub(super) enum Subscription {
     Failed,
 }
 
-/// A shard subscription of the node.
+/// A shard subscription of the node. It stays in the registry while the shard has local rooms,
+/// even when subscribing failed (the rooms' joiners then leave).
 pub(super) struct Shard {
     /// Local rooms in the shard; the subscription ends with the last.
     pub(super) num_rooms: usize,
-    /// Tells this subscription apart from a later one of the same shard.
-    pub(super) generation: u64,
     pub(super) cancel: CancellationToken,
     pub(super) state: watch::Receiver<Subscription>,
 }
 
 impl Hub {
-    pub(super) fn spawn_shard(&self, shard: u16, generation: u64) -> Shard {
+    pub(super) fn spawn_shard(&self, shard: u16) -> Shard {
         let (state_tx, state) = watch::channel(Subscription::Pending);
         let cancel = self.inner.token.child_token();
         let hub = self.clone();
         let task_cancel = cancel.clone();
-        self.inner.tracker.spawn(async move {
-            hub.run_shard(shard, generation, state_tx, task_cancel)
-                .await
-        });
+        self.inner
+            .tracker
+            .spawn(async move { hub.run_shard(shard, state_tx, task_cancel).await });
         Shard {
             num_rooms: 0,
-            generation,
             cancel,
             state,
         }
@@ -54,7 +51,6 @@ impl Hub {
     async fn run_shard(
         &self,
         shard: u16,
-        generation: u64,
         state: watch::Sender<Subscription>,
         cancel: CancellationToken,
     ) {
@@ -69,15 +65,8 @@ impl Hub {
             } => subscribed,
         };
         let Some(mut subscriber) = subscribed else {
+            // The joiners waiting on it leave; the shard goes with its last room, as always.
             let _ = state.send(Subscription::Failed);
-            let mut registry = self.inner.registry.lock().expect("registry lock poisoned");
-            if registry
-                .shards
-                .get(&shard)
-                .is_some_and(|s| s.generation == generation)
-            {
-                registry.shards.remove(&shard);
-            }
             return;
         };
         let _ = state.send(Subscription::Live);

@@ -248,10 +248,11 @@ async fn authenticate(
             AuthError::Missing,
             request.request_id.as_deref(),
         )),
-        Err(refusal) => Err(unauthorized(
-            AuthError::Missing,
-            refusal.request_id.as_deref(),
-        )),
+        // Not a token guess: told what is wrong with the frame, not counted as a failure.
+        Err(refusal) => Err(Refused {
+            reason: CloseReason::Unauthorized,
+            frame: Some(refusal.to_frame()),
+        }),
     }
 }
 

@@ -48,13 +48,18 @@ struct Driven {
 
 /// Starts a session of `user` (a token in the upgrade), or of nobody (`None`).
 fn drive(bench: &Bench, user: Option<&str>) -> Driven {
+    drive_with(bench, user, false)
+}
+
+/// [`drive`], with `resume=1` in the upgrade when `resume`.
+fn drive_with(bench: &Bench, user: Option<&str>, resume: bool) -> Driven {
     let (frames, mut rx) = mpsc::channel(16);
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let outbox = Arc::new(Outbox::new(64, Duration::from_secs(5)));
     let upgrade = upgrade::Upgrade {
         client: IpAddr::V4(Ipv4Addr::LOCALHOST),
         token: user.map(testing::token),
-        resume: false,
+        resume,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(
@@ -208,6 +213,26 @@ async fn the_handlers_answer_as_the_protocol_says() {
         assert_eq!(answer["data"]["code"], code, "{event}: {answer}");
         assert_eq!(answer["data"]["originalEvent"], event);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_refused_for_its_data_may_be_sent_again() {
+    let bench = bench().await;
+    let first = drive(&bench, Some("ann"));
+    let connected = first.next().await;
+    let token = connected["data"]["resumeToken"].as_str().unwrap().to_owned();
+    // A connection made with resume=1 waits for its `resume`; a malformed one keeps it waiting.
+    let session = drive_with(&bench, Some("ann"), true);
+    assert_eq!(session.next().await["event"], "connected");
+    session
+        .request("resume", "r1", json!({ "resumeToken": token, "positions": "all" }))
+        .await;
+    assert_eq!(session.answer("r1").await["data"]["code"], "VALIDATION_ERROR");
+    let positions = json!({ "resumeToken": token, "positions": {} });
+    session.request("resume", "r2", positions).await;
+    let resumed = session.answer("r2").await;
+    assert_eq!(resumed["event"], "ack", "{resumed}");
+    assert_eq!(resumed["data"]["recovered"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

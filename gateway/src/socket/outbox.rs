@@ -185,11 +185,6 @@ impl Outbox {
         self.held.store(true, Ordering::Release);
     }
 
-    /// Whether conversation events are held.
-    pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
-    }
-
     /// Ends a hold: `replayed` go first (before the held events, after what was queued before
     /// them), and a held event of a conversation at or below its position in `covered` (by
     /// conversation hash) is dropped: the client has it, or has it in `replayed`.

@@ -26,7 +26,7 @@ pub(in crate::session) type PendingSend = Pin<Box<dyn Future<Output = Box<SendOu
 /// What a send needs once the stream has answered.
 pub(in crate::session) struct SendOutcome {
     request_id: Option<String>,
-    /// The message as sent (its id is the stream's sequence).
+    /// The message as sent (its id comes from the stream's acknowledgement).
     message: v1::ChatMessage,
     result: Result<Stored, BusError>,
 }

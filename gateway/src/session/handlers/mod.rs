@@ -17,7 +17,7 @@ use chat_proto::client;
 
 use super::Session;
 use crate::error::RequestError;
-use crate::request::{self, Body};
+use crate::request::{self, Body, Refusal};
 use crate::resume;
 
 pub(super) use messages::PendingSend;
@@ -37,17 +37,21 @@ impl Session {
     pub(super) async fn on_text(&mut self, text: &str) -> Option<PendingSend> {
         let max_bytes = self.gateway.shared.settings.config.max_message_bytes;
         let decoded = request::decode(text, max_bytes);
-        if self.resume_wait.is_some()
-            && !matches!(&decoded, Ok(r) if matches!(r.body, Body::Resume(_)))
-        {
-            // The first request is not `resume`: nothing to wait for.
+        // The event, as far as the frame could be read.
+        let event = match &decoded {
+            Ok(request) => Some(request.body.name()),
+            Err(refusal) => refusal.event.as_deref(),
+        };
+        if self.resume_wait.is_some() && event.is_some_and(|e| e != "resume") {
+            // The first request is not `resume`: nothing to wait for. (A frame that could not be
+            // read, or a `resume` with bad data, leaves the wait: the client may send it again.)
             self.resume_wait = None;
             self.release(None);
         }
         let request = match decoded {
             Ok(request) => request,
             Err(refusal) => {
-                self.emit(refusal.to_frame());
+                self.refuse(&refusal);
                 return None;
             }
         };
@@ -75,12 +79,25 @@ impl Session {
         }
     }
 
+    /// Answers a frame refused before it became a request. A message request counts against the
+    /// rate even when its data is bad.
+    fn refuse(&self, refusal: &Refusal) {
+        let event = refusal.event.as_deref();
+        if event.is_some_and(request::is_message)
+            && let Err(error) = self.take_message_token()
+        {
+            self.emit(error.to_frame(refusal.request_id.as_deref(), event));
+            return;
+        }
+        self.emit(refusal.to_frame());
+    }
+
     async fn dispatch(
         &mut self,
         body: Body,
         request_id: Option<&str>,
     ) -> Result<Reply, RequestError> {
-        if body.is_message() {
+        if request::is_message(body.name()) {
             self.take_message_token()?;
         }
         match body {
