@@ -5,8 +5,14 @@
 //! due, whatever became of the earlier ones, so a stalled server cannot hide its stall. A
 //! receiver reads the intended time back and records delivery latency from it. Content:
 //! `lt:<phase>:<intended µs since the epoch>:<sender>:<k>`.
+//!
+//! Server frames are parsed with the protocol's own reading types ([`received`]), in one pass
+//! that borrows from the frame and skips what the agent does not need: fields may come in any
+//! order, and a frame that does not parse is counted, not guessed at.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use chat_proto::client::received;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
@@ -62,6 +73,8 @@ struct Shared {
     results: Mutex<Results>,
     acked: AtomicU64,
     errors: AtomicU64,
+    /// Frames that are not a protocol envelope, or a `message:new` without a message.
+    unreadable: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -87,6 +100,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         results: Mutex::default(),
         acked: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        unreadable: AtomicU64::new(0),
     });
 
     let (outcomes_tx, mut outcomes) = mpsc::channel(config.sockets.len().max(1));
@@ -113,6 +127,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
                 *shared.results.lock().expect("results lock") = Results::default();
                 shared.acked.store(0, Ordering::Relaxed);
                 shared.errors.store(0, Ordering::Relaxed);
+                shared.unreadable.store(0, Ordering::Relaxed);
                 current_tx.send_modify(|c| {
                     c.id = phase_id;
                     c.phase = Some(phase);
@@ -198,6 +213,7 @@ fn take_report(shared: &Shared) -> PhaseReport {
         sent: results.sent,
         acked: shared.acked.load(Ordering::Relaxed),
         errors: shared.errors.load(Ordering::Relaxed),
+        unreadable: shared.unreadable.load(Ordering::Relaxed),
         receipts: results.receipts,
         closed: results.closed,
     }
@@ -252,12 +268,13 @@ pub(crate) async fn connect(socket: &Socket, source: Ipv4Addr, secret: &str) -> 
         .map_err(|e| format!("upgrade: {e}"))?;
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) if text.starts_with(r#"{"event":"connected""#) => {
-                return Ok(ws);
-            }
-            Some(Ok(Message::Text(text))) if text.contains(r#""event":"error""#) => {
-                return Err(format!("refused: {}", crate::report::error_code(&text)));
-            }
+            Some(Ok(Message::Text(text))) => match read(&text) {
+                Received::Connected => return Ok(ws),
+                Received::Error(code) => {
+                    return Err(format!("refused: {}", code.as_deref().unwrap_or("unknown")));
+                }
+                _ => {}
+            },
             Some(Ok(Message::Close(frame))) => {
                 return Err(format!("closed {}", frame.map_or(0, |f| u16::from(f.code))));
             }
@@ -308,17 +325,135 @@ impl Tally {
     }
 }
 
-/// Parses `lt:<phase>:<t>:<sender>:<k>` out of a `message:new` frame without a full JSON parse.
-fn parse_marker(text: &str) -> Option<(u64, u64, u32, u64)> {
-    let start = text.find("\"content\":\"lt:")? + "\"content\":\"lt:".len();
-    let rest = &text[start..];
-    let mut parts = rest[..rest.find('"')?].split(':');
-    Some((
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-        parts.next()?.parse().ok()?,
-    ))
+/// What a harness message carries in its content: `lt:<phase>:<due µs>:<sender>:<k>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marker {
+    phase: u64,
+    due_us: u64,
+    sender: u32,
+    k: u64,
+}
+
+impl Marker {
+    /// The marker of a message's content; `None` for any other text.
+    fn parse(content: &str) -> Option<Self> {
+        let mut parts = content.strip_prefix("lt:")?.split(':');
+        let marker = Self {
+            phase: parts.next()?.parse().ok()?,
+            due_us: parts.next()?.parse().ok()?,
+            sender: parts.next()?.parse().ok()?,
+            k: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(marker)
+    }
+}
+
+/// The data of the frames the agent reads, whatever their event, read in the same pass as the
+/// envelope (reading `data` raw, then again by event, scans a delivery twice): `message:new` and
+/// the ack of a send carry `message`, `error` carries `code`; other fields are skipped.
+#[derive(Debug, Deserialize)]
+struct Data<'a> {
+    /// The message; `None` where `message` is not an object (an `error`'s text).
+    #[serde(borrow, default, deserialize_with = "message_or_other")]
+    message: Option<received::Message<'a>>,
+    /// An `error`'s code, read only when the event is `error`.
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+}
+
+/// Reads `data.message` as a message when it is an object and skips it otherwise: the field
+/// holds a message in `message:new` and acks, and a text in `error`, whichever comes first in
+/// the frame, `event` or `data`.
+fn message_or_other<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<received::Message<'a>>, D::Error> {
+    struct MessageOrOther<'a>(PhantomData<received::Message<'a>>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for MessageOrOther<'a> {
+        type Value = Option<received::Message<'a>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a message object or any other JSON value")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            received::Message::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(MessageOrOther(PhantomData))
+}
+
+/// What a server frame means to the agent.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// The session is open.
+    Connected,
+    /// A `message:new`, with the marker of its content when a harness sent it.
+    Delivery(Option<Marker>),
+    /// An `ack`, with its request id's `(phase, k)` when it answers a harness send.
+    Ack(Option<(u64, u64)>),
+    /// An `error`, with its code.
+    Error(Option<String>),
+    /// Any other event.
+    Other,
+    /// Not a protocol envelope, or a `message:new` without a message.
+    Unreadable,
+}
+
+/// Reads a server frame (one JSON parse, borrowing from `text`).
+fn read(text: &str) -> Received {
+    let Ok(frame) = serde_json::from_str::<received::Frame<'_, Data<'_>>>(text) else {
+        return Received::Unreadable;
+    };
+    match &*frame.event {
+        "message:new" => match frame.data.and_then(|data| data.message) {
+            Some(message) => Received::Delivery(Marker::parse(&message.content)),
+            None => Received::Unreadable,
+        },
+        // requestId "<phase>:<k>": the due time follows from k.
+        "ack" => Received::Ack(frame.request_id.as_deref().and_then(|id| {
+            let (phase, k) = id.split_once(':')?;
+            Some((phase.parse().ok()?, k.parse().ok()?))
+        })),
+        "error" => Received::Error(
+            frame
+                .data
+                .and_then(|data| data.code)
+                .and_then(|code| serde_json::from_str(code.get()).ok()),
+        ),
+        "connected" => Received::Connected,
+        _ => Received::Other,
+    }
 }
 
 fn record(histogram: &mut Option<Histogram<u64>>, micros: u64) {
@@ -528,41 +663,48 @@ fn on_frame(
     latencies: &mut Vec<(u64, usize)>,
 ) {
     let now = unix_micros();
-    if text.starts_with(r#"{"event":"message:new""#) {
-        let Some((id, due_us, from, k)) = parse_marker(text) else {
-            return;
-        };
-        let Some(p) = phase.phase.filter(|_| id == phase.id) else {
-            return; // A straggler of an earlier phase.
-        };
-        tally.record(from, k);
-        let second = (due_us / 1000).saturating_sub(p.start_unix_ms) / 1000;
-        latencies.push((
-            now.saturating_sub(due_us),
-            usize::try_from(second).unwrap_or(usize::MAX).min(3_600),
-        ));
-    } else if text.starts_with(r#"{"event":"ack""#) {
-        shared.acked.fetch_add(1, Ordering::Relaxed);
-        let (Some(p), Some(sender)) = (phase.phase, sender) else {
-            return;
-        };
-        // requestId "<phase>:<k>": the due time follows from k.
-        let Some(k) = text
-            .split_once(r#""requestId":""#)
-            .and_then(|(_, rest)| rest.split('"').next())
-            .and_then(|id| id.split_once(':'))
-            .filter(|(id, _)| id.parse() == Ok(phase.id))
-            .and_then(|(_, k)| k.parse::<u64>().ok())
-        else {
-            return;
-        };
-        let due_us = due_micros(&p, sender, k);
-        record(
-            &mut shared.results.lock().expect("results lock").ack_latency,
-            now.saturating_sub(due_us),
-        );
-    } else if text.starts_with(r#"{"event":"error""#) {
-        shared.errors.fetch_add(1, Ordering::Relaxed);
+    match read(text) {
+        Received::Delivery(marker) => {
+            let Some(Marker {
+                phase: id,
+                due_us,
+                sender: from,
+                k,
+            }) = marker
+            else {
+                return; // Not sent by the harness.
+            };
+            let Some(p) = phase.phase.filter(|_| id == phase.id) else {
+                return; // A straggler of an earlier phase.
+            };
+            tally.record(from, k);
+            let second = (due_us / 1000).saturating_sub(p.start_unix_ms) / 1000;
+            latencies.push((
+                now.saturating_sub(due_us),
+                usize::try_from(second).unwrap_or(usize::MAX).min(3_600),
+            ));
+        }
+        Received::Ack(request) => {
+            shared.acked.fetch_add(1, Ordering::Relaxed);
+            let (Some(p), Some(sender), Some((id, k))) = (phase.phase, sender, request) else {
+                return;
+            };
+            if id != phase.id {
+                return;
+            }
+            let due_us = due_micros(&p, sender, k);
+            record(
+                &mut shared.results.lock().expect("results lock").ack_latency,
+                now.saturating_sub(due_us),
+            );
+        }
+        Received::Error(_) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Received::Unreadable => {
+            shared.unreadable.fetch_add(1, Ordering::Relaxed);
+        }
+        Received::Connected | Received::Other => {}
     }
 }
 
@@ -588,17 +730,256 @@ fn reset_timer(timer: Pin<&mut tokio::time::Sleep>, set: &mut Option<u64>, due: 
 mod tests {
     use super::*;
 
+    use chat_proto::v1;
+
+    /// A `message:new` as the server writes it.
+    fn delivery(content: &str) -> String {
+        let message = v1::ChatMessage {
+            id: 9,
+            conversation_id: "room-1".into(),
+            sender_id: "lt-run-17".into(),
+            r#type: "chat".into(),
+            content: content.into(),
+            created_at_ms: 1_795_456_264_123,
+            ..Default::default()
+        };
+        let event = v1::ConversationEvent {
+            seq: 9,
+            conversation_id: "room-1".into(),
+            kind: Some(v1::conversation_event::Kind::MessageCreated(
+                v1::MessageCreated {
+                    message: Some(message),
+                },
+            )),
+        };
+        chat_proto::client::conversation_push(&event)
+            .expect("a message is pushed")
+            .0
+    }
+
+    const MARKER: Marker = Marker {
+        phase: 3,
+        due_us: 1_795_456_264_123_456,
+        sender: 17,
+        k: 42,
+    };
+
+    /// A delivery of `content` with the fields in another order, escapes, and fields no server
+    /// sends (objects, arrays and strings that look like the fields the agent reads).
+    fn reordered_delivery(content: &str) -> String {
+        format!(
+            r#"{{
+                "data": {{
+                    "trace": {{"content": "lt:9:9:9:9", "event": "ack", "nested": [1, {{"a": null}}]}},
+                    "message": {{
+                        "metadata": {{"sentAt": "2026-12-03T07:51:47Z", "k": [42]}},
+                        "content": "{content}",
+                        "attachments": [],
+                        "createdAt": "2026-12-03T07:51:47.123Z",
+                        "senderId": "lt-run-\u0031\u0037",
+                        "reactions": {{"\ud83d\udc4d": 2}},
+                        "conversationId": "room-1",
+                        "seq": 9,
+                        "id": 9,
+                        "type": "chat"
+                    }}
+                }},
+                "priority": 1.5e3,
+                "event": "message:new"
+            }}"#
+        )
+    }
+
     #[test]
-    fn the_marker_is_found_in_a_message_frame() {
-        let frame = r#"{"event":"message:new","data":{"message":{"attachments":[],"content":"lt:3:1795456264123456:17:42","id":9}}}"#;
+    fn a_delivery_is_read_whatever_the_order_of_its_fields() {
+        let content = "lt:3:1795456264123456:17:42";
+        let canonical = delivery(content);
+        assert!(canonical.starts_with(r#"{"event":"message:new""#));
+        assert_eq!(read(&canonical), Received::Delivery(Some(MARKER)));
         assert_eq!(
-            parse_marker(frame),
-            Some((3, 1_795_456_264_123_456, 17, 42))
+            read(&reordered_delivery(content)),
+            Received::Delivery(Some(MARKER))
+        );
+        // Somebody else's message is a delivery without a marker, not an unreadable frame.
+        assert_eq!(read(&delivery("hello")), Received::Delivery(None));
+        assert_eq!(read(&delivery("lt:hello")), Received::Delivery(None));
+    }
+
+    #[test]
+    fn acks_errors_and_connected_are_read_whatever_the_order_of_their_fields() {
+        for ack in [
+            r#"{"event":"ack","requestId":"3:42","data":{"message":{"id":9,"conversationId":"room-1","senderId":"u","content":"lt:3:1:17:42"}}}"#,
+            r#"{"data":{"message":{"senderId":"u","id":9,"conversationId":"room-1","extra":{}}},"version":"1","requestId":"3:42","event":"ack"}"#,
+            r#" { "requestId" : "3:42" , "event" : "ack" } "#,
+        ] {
+            assert_eq!(read(ack), Received::Ack(Some((3, 42))), "{ack}");
+        }
+        assert_eq!(
+            read(r#"{"data":{},"event":"ack","requestId":"c"}"#),
+            Received::Ack(None)
         );
         assert_eq!(
-            parse_marker(r#"{"event":"message:new","data":{"content":"hello"}}"#),
-            None
+            read(
+                r#"{"data":{"timestamp":"t","recoverable":false,"code":"FORBIDDEN","message":"no"},"requestId":"3:1","event":"error"}"#
+            ),
+            Received::Error(Some("FORBIDDEN".into()))
         );
+        assert_eq!(
+            read(r#"{"data":{"message":"no","code":"NOT_FOUND"},"event":"error"}"#),
+            Received::Error(Some("NOT_FOUND".into()))
+        );
+        assert_eq!(read(r#"{"event":"error"}"#), Received::Error(None));
+        assert_eq!(
+            read(r#"{"data":{"message":[1,{"a":[]}],"code":{"x":1}},"event":"later:added"}"#),
+            Received::Other
+        );
+        assert_eq!(
+            read(r#"{"data":{"rooms":["a"],"userId":"u","resumeToken":"x"},"event":"connected"}"#),
+            Received::Connected
+        );
+        assert_eq!(
+            read(r#"{"data":{"userId":"u","timestamp":"t"},"event":"user:online"}"#),
+            Received::Other
+        );
+    }
+
+    #[test]
+    fn a_frame_that_is_not_an_envelope_is_unreadable() {
+        for text in [
+            "",
+            "not json",
+            r#"{"event":"message:new","data":{"message":{"id":9"#,
+            "[1,2,3]",
+            r#""message:new""#,
+            r#"{"data":{}}"#,
+            r#"{"event":7}"#,
+            r#"{"event":"message:new","data":{}}"#,
+            r#"{"event":"message:new","data":{"message":{"content":"lt:3:1:17:42"}}}"#,
+            r#"{"event":"ack","data":"not an object"}"#,
+        ] {
+            assert_eq!(read(text), Received::Unreadable, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_marker_is_five_fields() {
+        assert_eq!(Marker::parse("lt:3:1795456264123456:17:42"), Some(MARKER));
+        for content in [
+            "",
+            "hello",
+            "lt:",
+            "lt:3:1:17",
+            "lt:3:1:17:42:5",
+            "lt:3:x:17:42",
+        ] {
+            assert_eq!(Marker::parse(content), None, "{content}");
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            secret: String::new(),
+            current: watch::channel(Current::default()).1,
+            results: Mutex::default(),
+            acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            unreadable: AtomicU64::new(0),
+        }
+    }
+
+    /// A phase that started 2.5 s ago, and the content of message 42 of sender 17 in it.
+    fn phase_and_content() -> (Phase, String) {
+        let p = Phase {
+            start_unix_ms: now_ms() - 2_500,
+            duration_ms: 10_000,
+            drain_ms: 1_000,
+            rate_per_sender: 100.0,
+            class: None,
+        };
+        // Due in the phase's third second, about 100 ms ago.
+        let due_us = p.start_unix_ms * 1000 + 2_400_000;
+        (p, format!("lt:3:{due_us}:17:42"))
+    }
+
+    /// What one socket measures of `frames` in `p`.
+    fn measure(p: Phase, frames: &[&str]) -> (Receipts, Vec<usize>, u64, u64, u64, u64) {
+        let phase = Current {
+            id: 3,
+            phase: Some(p),
+            storm: 0,
+        };
+        let shared = shared();
+        let (mut tally, mut latencies) = (Tally::default(), Vec::new());
+        for frame in frames {
+            on_frame(frame, phase, Some(17), &shared, &mut tally, &mut latencies);
+        }
+        let acks = shared
+            .results
+            .lock()
+            .unwrap()
+            .ack_latency
+            .as_ref()
+            .map_or(0, Histogram::len);
+        (
+            tally.into_receipts("room-1".into()),
+            latencies.iter().map(|&(_, second)| second).collect(),
+            shared.acked.load(Ordering::Relaxed),
+            acks,
+            shared.errors.load(Ordering::Relaxed),
+            shared.unreadable.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn reordered_frames_are_measured_the_same() {
+        let (p, content) = phase_and_content();
+        let canonical = delivery(&content);
+        let canonical_ack = chat_proto::client::ack("3:42", serde_json::json!({}));
+        let (receipts, seconds, acked, acks, errors, unreadable) =
+            measure(p, &[&canonical, &canonical_ack, &canonical]);
+        let reordered_delivery = reordered_delivery(&content);
+        let reordered = measure(
+            p,
+            &[
+                &reordered_delivery,
+                r#"{"data":{},"requestId":"3:42","event":"ack"}"#,
+                &reordered_delivery,
+            ],
+        );
+        assert_eq!(receipts.from[&17].unique, 1);
+        assert_eq!(receipts.from[&17].duplicate, 1);
+        assert_eq!(seconds, [2, 2]);
+        assert_eq!((acked, acks, errors, unreadable), (1, 1, 0, 0));
+        assert_eq!(reordered.0.from, receipts.from);
+        assert_eq!(
+            (
+                reordered.1,
+                reordered.2,
+                reordered.3,
+                reordered.4,
+                reordered.5
+            ),
+            (seconds, acked, acks, errors, unreadable)
+        );
+    }
+
+    #[test]
+    fn frames_that_are_not_json_are_counted_and_ignored() {
+        let (p, content) = phase_and_content();
+        let canonical = delivery(&content);
+        let (receipts, seconds, acked, acks, errors, unreadable) = measure(
+            p,
+            &[
+                "not json",
+                "",
+                "{\"event\":\"message:new\"",
+                &canonical,
+                "\u{0}\u{ffff}",
+            ],
+        );
+        assert_eq!(receipts.from[&17].unique, 1);
+        assert_eq!(seconds, [2]);
+        assert_eq!((acked, acks, errors, unreadable), (0, 0, 0, 4));
     }
 
     #[test]

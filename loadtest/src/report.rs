@@ -86,6 +86,8 @@ pub(crate) struct PhaseSummary {
     pub(crate) sent: u64,
     pub(crate) acked: u64,
     pub(crate) errors: u64,
+    /// Frames the harness could not read as protocol envelopes.
+    pub(crate) unreadable: u64,
     pub(crate) expected_deliveries: u64,
     pub(crate) delivered: u64,
     pub(crate) lost: u64,
@@ -124,6 +126,7 @@ impl PhaseSummary {
         for report in reports {
             summary.acked += report.acked;
             summary.errors += report.errors;
+            summary.unreadable += report.unreadable;
             for (&sender, &count) in &report.sent {
                 summary.sent += count;
                 if let Some(room) = room_of_sender.get(&sender) {
@@ -163,9 +166,13 @@ impl PhaseSummary {
         summary
     }
 
-    /// Whether nothing was lost, duplicated, refused or cut off.
+    /// Whether nothing was lost, duplicated, refused, cut off or unreadable.
     pub(crate) fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.errors == 0 && self.closed.is_empty()
+        self.lost == 0
+            && self.duplicated == 0
+            && self.errors == 0
+            && self.unreadable == 0
+            && self.closed.is_empty()
     }
 }
 
@@ -184,14 +191,6 @@ pub(crate) struct RunReport {
     /// The highest rate whose phase held the bound (`ramp`).
     pub(crate) highest_rate_held: Option<f64>,
     pub(crate) notes: Vec<String>,
-}
-
-pub(crate) fn error_code(frame: &str) -> String {
-    frame
-        .split_once(r#""code":""#)
-        .and_then(|(_, rest)| rest.split('"').next())
-        .unwrap_or("unknown")
-        .to_owned()
 }
 
 /// What a run needs of the gateways: their abuse limits would refuse a load run.
@@ -271,6 +270,13 @@ impl RunReport {
                     p.errors, p.closed
                 );
                 let _ = writeln!(out, "          {LIMITS_HINT}");
+            }
+            if p.unreadable > 0 {
+                let _ = writeln!(
+                    out,
+                    "          {} frames were not protocol envelopes (not JSON, or without event or message)",
+                    p.unreadable
+                );
             }
         }
         if let Some(storm) = &self.storm {

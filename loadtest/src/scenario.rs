@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use chat_proto::client::received;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command as Process};
@@ -124,7 +125,8 @@ pub(crate) async fn create_room(
     let answer = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(frame) = ws.next().await {
             if let Message::Text(text) = frame?
-                && text.contains(r#""requestId":"c""#)
+                && serde_json::from_str::<received::Frame<'_>>(&text)
+                    .is_ok_and(|answer| answer.request_id.as_deref() == Some("c"))
             {
                 return Ok(text.to_string());
             }

@@ -94,7 +94,7 @@ pub(crate) struct Receipts {
 }
 
 /// Receipts from one sender.
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SenderReceipts {
     pub(crate) unique: u64,
     pub(crate) duplicate: u64,
@@ -114,6 +114,8 @@ pub(crate) struct PhaseReport {
     pub(crate) sent: BTreeMap<u32, u64>,
     pub(crate) acked: u64,
     pub(crate) errors: u64,
+    /// Frames the agent could not read as protocol envelopes.
+    pub(crate) unreadable: u64,
     pub(crate) receipts: Vec<Receipts>,
     /// Sockets the gateway closed during the phase, by close code.
     pub(crate) closed: BTreeMap<String, u64>,

@@ -43,6 +43,10 @@ fn assert_clean(report: &Value, phase: &Value) {
     assert_eq!(phase["out_of_order"], 0, "{name}: out of order");
     assert_eq!(phase["delivered"], phase["expected_deliveries"], "{name}");
     assert_eq!(phase["errors"], 0, "{name}: errors");
+    assert_eq!(
+        phase["unreadable"], 0,
+        "{name}: frames the harness could not read"
+    );
     assert_eq!(phase["sent"], phase["acked"], "{name}: every send acked");
 }
 

@@ -452,6 +452,172 @@ pub fn conversation_push(event: &v1::ConversationEvent) -> Option<(String, Deliv
     Some((frame, Delivery::Durable))
 }
 
+/// Server frames as a client reads them: the counterparts of [`ack`], [`error`], [`push`] and
+/// [`MessageJson`], for clients written in Rust (the load harness). Fields come in any order,
+/// fields not named here are skipped, and strings borrow from the frame's text unless they hold
+/// escapes, so reading a frame allocates nothing.
+pub mod received {
+    use std::borrow::Cow;
+
+    use serde::{Deserialize, Deserializer};
+    use serde_json::value::RawValue;
+
+    /// A server frame's envelope, `{"event":…,"requestId":…,"data":…}`, its fields in any order.
+    ///
+    /// `D` reads `data`. The default keeps it raw, to be read by its event afterwards (a second
+    /// pass over it); a struct of optional fields (`message`, `code`, …) reads the data of several
+    /// events in the same pass, which is what a client that reads many frames a second wants.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Frame<'a, D = &'a RawValue> {
+        /// The event name.
+        #[serde(borrow)]
+        pub event: Cow<'a, str>,
+        /// The request that an `ack` or `error` answers.
+        #[serde(borrow, default, deserialize_with = "optional_text")]
+        pub request_id: Option<Cow<'a, str>>,
+        /// The event's data.
+        pub data: Option<D>,
+    }
+
+    /// `{message}`: the data of `message:new` and of the acks of sends and edits.
+    #[derive(Debug, Deserialize)]
+    pub struct MessageData<'a> {
+        /// The message.
+        #[serde(borrow)]
+        pub message: Message<'a>,
+    }
+
+    /// A message, with the fields a client places and shows it by.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Message<'a> {
+        /// Its id, which is also its `seq` in the conversation.
+        pub id: u64,
+        /// The conversation.
+        #[serde(borrow)]
+        pub conversation_id: Cow<'a, str>,
+        /// The user who sent it.
+        #[serde(borrow)]
+        pub sender_id: Cow<'a, str>,
+        /// The text; empty in a tombstone.
+        #[serde(borrow, default)]
+        pub content: Cow<'a, str>,
+        /// The JSON object the sender attached, if any.
+        #[serde(borrow, default)]
+        pub metadata: Option<&'a RawValue>,
+        /// Whether it was deleted (a tombstone).
+        #[serde(default)]
+        pub deleted: bool,
+    }
+
+    /// The data of an `error` frame.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ErrorData<'a> {
+        /// The code (`UNAUTHORIZED`, `RATE_LIMITED`, …); a string, so that a code added later
+        /// still reads.
+        #[serde(borrow)]
+        pub code: Cow<'a, str>,
+        /// The message for people.
+        #[serde(borrow, default)]
+        pub message: Cow<'a, str>,
+        /// Whether a retry may succeed.
+        #[serde(default)]
+        pub recoverable: bool,
+        /// With `RATE_LIMITED`: when to try again.
+        #[serde(default)]
+        pub retry_after_ms: Option<u64>,
+    }
+
+    /// An optional string, borrowed where it can be (serde borrows a `Cow` field only when the
+    /// field's type is `Cow` itself, not `Option<Cow>`).
+    fn optional_text<'de: 'a, 'a, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Cow<'a, str>>, D::Error> {
+        #[derive(Deserialize)]
+        struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+        Ok(Option::<Text<'a>>::deserialize(deserializer)?.map(|text| text.0))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::client::{ErrorCode, ErrorData as WrittenError, ack, conversation_push, error};
+        use crate::timestamp::iso8601;
+        use crate::v1;
+
+        #[test]
+        fn what_the_server_writes_reads_back() {
+            let message = v1::ChatMessage {
+                id: 42,
+                conversation_id: "c-1".into(),
+                sender_id: "u-1".into(),
+                r#type: "chat".into(),
+                content: "say \"hi\"".into(),
+                metadata_json: r#"{"t":1}"#.into(),
+                ..Default::default()
+            };
+            let event = v1::ConversationEvent {
+                conversation_id: "c-1".into(),
+                seq: 42,
+                kind: Some(v1::conversation_event::Kind::MessageCreated(
+                    v1::MessageCreated {
+                        message: Some(message),
+                    },
+                )),
+            };
+            let (text, _) = conversation_push(&event).expect("a message is pushed");
+            let frame: Frame<'_> = serde_json::from_str(&text).unwrap();
+            assert_eq!(frame.event, "message:new");
+            assert_eq!(frame.request_id, None);
+            let data: MessageData<'_> = serde_json::from_str(frame.data.unwrap().get()).unwrap();
+            let m = data.message;
+            assert_eq!(
+                (m.id, &*m.conversation_id, &*m.sender_id),
+                (42, "c-1", "u-1")
+            );
+            assert_eq!(m.content, "say \"hi\"");
+            assert!(
+                matches!(m.content, Cow::Owned(_)),
+                "escaped text is unescaped"
+            );
+            assert_eq!(m.metadata.map(RawValue::get), Some(r#"{"t":1}"#));
+            assert!(!m.deleted);
+
+            let text = ack("r-1", serde_json::json!({}));
+            let frame: Frame<'_> = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (&*frame.event, frame.request_id.as_deref()),
+                ("ack", Some("r-1"))
+            );
+            assert!(matches!(frame.request_id, Some(Cow::Borrowed(_))));
+
+            let text = error(
+                Some("r-2"),
+                &WrittenError {
+                    code: ErrorCode::RateLimited,
+                    message: "slow down",
+                    recoverable: true,
+                    original_event: Some("message:send"),
+                    retry_after_ms: Some(250),
+                    timestamp: iso8601(0),
+                },
+            );
+            let frame: Frame<'_> = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                (&*frame.event, frame.request_id.as_deref()),
+                ("error", Some("r-2"))
+            );
+            let data: ErrorData<'_> = serde_json::from_str(frame.data.unwrap().get()).unwrap();
+            assert_eq!(
+                (&*data.code, data.retry_after_ms),
+                ("RATE_LIMITED", Some(250))
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
