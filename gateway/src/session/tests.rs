@@ -220,14 +220,24 @@ async fn a_resume_refused_for_its_data_may_be_sent_again() {
     let bench = bench().await;
     let first = drive(&bench, Some("ann"));
     let connected = first.next().await;
-    let token = connected["data"]["resumeToken"].as_str().unwrap().to_owned();
+    let token = connected["data"]["resumeToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // A connection made with resume=1 waits for its `resume`; a malformed one keeps it waiting.
     let session = drive_with(&bench, Some("ann"), true);
     assert_eq!(session.next().await["event"], "connected");
     session
-        .request("resume", "r1", json!({ "resumeToken": token, "positions": "all" }))
+        .request(
+            "resume",
+            "r1",
+            json!({ "resumeToken": token, "positions": "all" }),
+        )
         .await;
-    assert_eq!(session.answer("r1").await["data"]["code"], "VALIDATION_ERROR");
+    assert_eq!(
+        session.answer("r1").await["data"]["code"],
+        "VALIDATION_ERROR"
+    );
     let positions = json!({ "resumeToken": token, "positions": {} });
     session.request("resume", "r2", positions).await;
     let resumed = session.answer("r2").await;
