@@ -8,18 +8,20 @@
 //! absent, an edit applies only if newer than the row and not deleted, a membership change only if
 //! newer than the membership row. Redelivery and replays therefore change nothing.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
 pub mod sqlite;
 
 use std::future::Future;
 
 use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
 
-/// Failures of a store.
+/// Failures of a store, whatever its database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database said no.
+    /// The database said no, or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A stored row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),

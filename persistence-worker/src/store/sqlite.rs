@@ -48,6 +48,12 @@ CREATE TABLE positions (
 );
 "#];
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Database(Box::new(error))
+    }
+}
+
 /// The SQLite store; a cheap `Clone` handle.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -436,186 +442,37 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use chat_proto::v1::{
-        ConversationCreated, MessageCreated, MessageDeleted, MessageEdited, ParticipantAdded,
-        ParticipantRemoved,
-    };
+    use chat_proto::v1::MessageCreated;
 
     use super::*;
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
+    #[tokio::test]
+    async fn the_sqlite_store_conforms() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = SqliteStore::open(&dir.path().join("chat.db")).expect("the store opens");
-        (dir, store)
-    }
-
-    fn event(seq: u64, kind: Kind) -> ConversationEvent {
-        ConversationEvent {
-            seq,
-            conversation_id: "c1".into(),
-            kind: Some(kind),
-        }
-    }
-
-    fn created(seq: u64, content: &str) -> ConversationEvent {
-        event(
-            seq,
-            Kind::MessageCreated(MessageCreated {
-                message: Some(ChatMessage {
-                    id: seq,
-                    conversation_id: "c1".into(),
-                    sender_id: "alice".into(),
-                    r#type: "chat".into(),
-                    content: content.into(),
-                    created_at_ms: 1,
-                    ..Default::default()
-                }),
-            }),
-        )
-    }
-
-    fn edited(seq: u64, id: u64, content: &str) -> ConversationEvent {
-        event(
-            seq,
-            Kind::MessageEdited(MessageEdited {
-                message_id: id,
-                editor_id: "alice".into(),
-                content: content.into(),
-                edited_at_ms: 2,
-            }),
-        )
-    }
-
-    #[tokio::test]
-    async fn replaying_a_batch_changes_nothing() {
-        let (_dir, store) = store();
-        let batch = vec![created(1, "one"), created(2, "two"), edited(3, 1, "uno")];
-        store.apply(batch.clone(), Some(3)).await.unwrap();
-        store.apply(batch, Some(3)).await.unwrap();
-        let page = store.history("c1", Window::Newest, 10).await.unwrap();
-        let contents: Vec<_> = page.messages.iter().map(|m| m.content.as_str()).collect();
-        assert_eq!(contents, ["uno", "two"]);
-        assert_eq!(page.messages[0].id, 1);
-        assert_eq!(store.committed_seq().await.unwrap(), 3);
-    }
-
-    #[tokio::test]
-    async fn an_older_edit_never_overwrites_a_newer_one() {
-        let (_dir, store) = store();
-        store
-            .apply(vec![created(1, "a"), edited(5, 1, "new")], None)
-            .await
-            .unwrap();
-        store.apply(vec![edited(4, 1, "old")], None).await.unwrap();
-        assert_eq!(store.message(1).await.unwrap().unwrap().content, "new");
-    }
-
-    #[tokio::test]
-    async fn a_deleted_message_is_a_tombstone_that_edits_do_not_revive() {
-        let (_dir, store) = store();
-        let delete = event(
-            2,
-            Kind::MessageDeleted(MessageDeleted {
-                message_id: 1,
-                deleter_id: "alice".into(),
-                deleted_at_ms: 3,
-            }),
-        );
-        store
-            .apply(vec![created(1, "a"), delete, edited(3, 1, "b")], None)
-            .await
-            .unwrap();
-        let message = store.message(1).await.unwrap().unwrap();
-        assert!(message.deleted);
-        assert_eq!(message.content, "");
-    }
-
-    #[tokio::test]
-    async fn windows_page_in_id_order() {
-        let (_dir, store) = store();
-        store
-            .apply((1..=10).map(|i| created(i, &i.to_string())).collect(), None)
-            .await
-            .unwrap();
-        let ids = |p: Page| p.messages.iter().map(|m| m.id).collect::<Vec<_>>();
-        let after = store.history("c1", Window::After(7), 10).await.unwrap();
-        assert!(!after.has_more);
-        assert_eq!(ids(after), [8, 9, 10]);
-        let before = store.history("c1", Window::Before(5), 2).await.unwrap();
-        assert!(before.has_more);
-        assert_eq!(ids(before), [3, 4]);
-        let newest = store.history("c1", Window::Newest, 3).await.unwrap();
-        assert_eq!(ids(newest), [8, 9, 10]);
-    }
-
-    #[tokio::test]
-    async fn membership_follows_the_newest_change() {
-        let (_dir, store) = store();
-        let conversation = Conversation {
-            id: "c1".into(),
-            title: "t".into(),
-            created_by: "alice".into(),
-            participant_ids: vec!["alice".into(), "bob".into()],
-            ..Default::default()
-        };
-        let create = event(
-            1,
-            Kind::ConversationCreated(ConversationCreated {
-                conversation: Some(conversation),
-                password_hash: None,
-            }),
-        );
-        let removed = |seq| {
-            event(
-                seq,
-                Kind::ParticipantRemoved(ParticipantRemoved {
-                    user_id: "bob".into(),
-                    at_ms: 0,
-                }),
-            )
-        };
-        let added = |seq| {
-            event(
-                seq,
-                Kind::ParticipantAdded(ParticipantAdded {
-                    user_id: "bob".into(),
-                    at_ms: 0,
-                }),
-            )
-        };
-        store
-            .apply(vec![create, removed(2), added(4)], None)
-            .await
-            .unwrap();
-        store.apply(vec![removed(3)], None).await.unwrap();
-        assert_eq!(
-            store.membership("bob", "c1").await.unwrap(),
-            Membership::Active
-        );
-        assert_eq!(
-            store.membership("carol", "c1").await.unwrap(),
-            Membership::Never
-        );
-        assert_eq!(
-            store.membership("bob", "c2").await.unwrap(),
-            Membership::NoConversation
-        );
-        let info = store
-            .conversation("c1", LISTED_PARTICIPANTS)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(info.conversation.num_participants, 2);
-        assert_eq!(store.conversations_of("bob", 10).await.unwrap().len(), 1);
+        super::super::conformance::check_all(&store).await;
     }
 
     #[tokio::test]
     async fn reopening_keeps_the_data_and_the_schema_version() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat.db");
+        let message = ChatMessage {
+            id: 1,
+            conversation_id: "c1".into(),
+            content: "x".into(),
+            ..Default::default()
+        };
+        let created = ConversationEvent {
+            seq: 1,
+            conversation_id: "c1".into(),
+            kind: Some(Kind::MessageCreated(MessageCreated {
+                message: Some(message),
+            })),
+        };
         SqliteStore::open(&path)
             .unwrap()
-            .apply(vec![created(1, "x")], Some(1))
+            .apply(vec![created], Some(1))
             .await
             .unwrap();
         let store = SqliteStore::open(&path).unwrap();
