@@ -7,6 +7,44 @@ use std::time::Duration;
 use chat_proto::options::{self, OptionError};
 use clap::Parser;
 
+/// Which store the worker writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded SQLite store: one machine, exactly one worker.
+    Sqlite,
+    /// The CQL store: ScyllaDB (or Apache Cassandra).
+    Scylla,
+}
+
+/// A consistency level of the CQL store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CqlConsistency {
+    One,
+    LocalOne,
+    Quorum,
+    LocalQuorum,
+    All,
+}
+
+impl From<CqlConsistency> for scylla::statement::Consistency {
+    fn from(level: CqlConsistency) -> Self {
+        match level {
+            CqlConsistency::One => Self::One,
+            CqlConsistency::LocalOne => Self::LocalOne,
+            CqlConsistency::Quorum => Self::Quorum,
+            CqlConsistency::LocalQuorum => Self::LocalQuorum,
+            CqlConsistency::All => Self::All,
+        }
+    }
+}
+
+/// A command other than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Apply the CQL store's schema migrations (creating the keyspace if needed), then exit.
+    Migrate,
+}
+
 /// Most replicas of a JetStream stream.
 pub const MAX_REPLICAS: usize = 5;
 
@@ -23,6 +61,53 @@ pub struct Config {
     /// may use it.
     #[arg(long, env = "CHAT_DB_PATH", default_value = "chat.db")]
     pub db_path: PathBuf,
+
+    /// The store: `sqlite` (embedded, one worker, `--db-path`) or `scylla` (ScyllaDB or any
+    /// CQL server: `--scylla-*`).
+    #[arg(long, env = "CHAT_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+
+    /// CQL contact points (`host:port`, comma-separated), with `--store scylla`.
+    #[arg(
+        long,
+        env = "CHAT_SCYLLA_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9042"
+    )]
+    pub scylla_nodes: Vec<String>,
+
+    /// The keyspace of the CQL store.
+    #[arg(long, env = "CHAT_SCYLLA_KEYSPACE", default_value = "chat")]
+    pub scylla_keyspace: String,
+
+    /// The keyspace's replication when the migrations create it (a CQL map).
+    #[arg(
+        long,
+        env = "CHAT_SCYLLA_REPLICATION",
+        default_value = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}"
+    )]
+    pub scylla_replication: String,
+
+    /// The consistency of every read and write of the CQL store.
+    #[arg(long, env = "CHAT_SCYLLA_CONSISTENCY", value_enum, default_value_t = CqlConsistency::LocalQuorum)]
+    pub scylla_consistency: CqlConsistency,
+
+    /// The CQL user, if the cluster requires authentication (with `--scylla-password`).
+    #[arg(long, env = "CHAT_SCYLLA_USER")]
+    pub scylla_user: Option<String>,
+
+    /// The CQL user's password (never logged).
+    #[arg(long, env = "CHAT_SCYLLA_PASSWORD", hide_env_values = true)]
+    pub scylla_password: Option<String>,
+
+    /// Apply the CQL store's schema migrations at start (`chat-persistence-worker migrate` applies
+    /// them and exits).
+    #[arg(long, env = "CHAT_MIGRATE")]
+    pub migrate: bool,
+
+    /// What to do: serve (the default) or `migrate`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Most events written in one transaction: 1 to 65535.
     #[arg(long, env = "CHAT_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
@@ -76,6 +161,9 @@ impl Config {
     /// Checks every option; touches no file, socket or environment variable.
     pub fn validate(&self) -> Result<(), OptionError> {
         options::nats_servers(&self.nats_url)?;
+        if self.store == StoreKind::Scylla {
+            self.validate_cql()?;
+        }
         if self.db_path.as_os_str().is_empty() {
             return Err(OptionError::OutOfRange {
                 option: "db-path",
@@ -153,6 +241,50 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks the CQL store's options.
+    fn validate_cql(&self) -> Result<(), OptionError> {
+        let bad_node = |node: &str| {
+            let (host, port) = node.rsplit_once(':')?;
+            (!host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)).then_some(())
+        };
+        if self.scylla_nodes.is_empty() {
+            return Err(OptionError::Zero {
+                option: "scylla-nodes",
+                why: "the store would have no node to reach",
+            });
+        }
+        if let Some(node) = self.scylla_nodes.iter().find(|n| bad_node(n).is_none()) {
+            return Err(OptionError::OutOfRange {
+                option: "scylla-nodes",
+                reason: format!("{node:?} is not host:port"),
+            });
+        }
+        let keyspace = &self.scylla_keyspace;
+        let valid = !keyspace.is_empty()
+            && keyspace.len() <= 48
+            && keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+            && keyspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(OptionError::OutOfRange {
+                option: "scylla-keyspace",
+                reason: "must be a letter then up to 47 letters, digits or _".to_owned(),
+            });
+        }
+        if self.scylla_user.is_some() != self.scylla_password.is_some() {
+            return Err(OptionError::Conflict {
+                option: "scylla-user",
+                relation: "given with",
+                other: "scylla-password",
+                why: "a user needs a password, and a password a user",
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +300,28 @@ mod tests {
         validate(args)
             .expect_err("the options are refused")
             .option()
+    }
+
+    #[test]
+    fn the_cql_store_needs_nodes_a_keyspace_and_whole_credentials() {
+        let cql = |more: &[&str]| {
+            let mut args = vec!["--store", "scylla"];
+            args.extend_from_slice(more);
+            validate(&args)
+        };
+        assert_eq!(cql(&[]), Ok(()));
+        assert_eq!(cql(&["--scylla-nodes", "db-1:9042,db-2:9042"]), Ok(()));
+        let refused = |more: &[&str]| cql(more).expect_err("refused").option();
+        assert_eq!(refused(&["--scylla-nodes", "db-1"]), "scylla-nodes");
+        assert_eq!(refused(&["--scylla-nodes", "db-1:0"]), "scylla-nodes");
+        assert_eq!(
+            refused(&["--scylla-keyspace", "chat; DROP"]),
+            "scylla-keyspace"
+        );
+        assert_eq!(refused(&["--scylla-keyspace", "1chat"]), "scylla-keyspace");
+        assert_eq!(refused(&["--scylla-user", "chat"]), "scylla-user");
+        // SQLite does not look at them.
+        assert_eq!(validate(&["--scylla-nodes", "nonsense"]), Ok(()));
     }
 
     #[test]

@@ -19,8 +19,9 @@ use async_nats::jetstream;
 use chat_proto::routing::Routers;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
-use store::{StoreError, sqlite::SqliteStore};
+pub use config::{Command, Config, StoreKind};
+use store::cql::{CqlStore, migrations};
+use store::{Store, StoreError, sqlite::SqliteStore};
 
 /// Failures that stop the worker.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,51 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     } else {
         Some(Routers::new(&config.router_urls, config.router_timeout)?)
     };
-    let store = SqliteStore::open(&config.db_path)?;
+    match config.store {
+        StoreKind::Sqlite => {
+            let store = SqliteStore::open(&config.db_path)?;
+            tracing::info!(db = %config.db_path.display(), "store: SQLite");
+            serve(config, routers, store, shutdown).await
+        }
+        StoreKind::Scylla => {
+            let store = cql_store(&config, config.migrate).await?;
+            tracing::info!(nodes = ?config.scylla_nodes, keyspace = %config.scylla_keyspace, "store: CQL");
+            serve(config, routers, store, shutdown).await
+        }
+    }
+}
+
+/// Connects to the CQL store, applying the migrations first when `migrate`.
+pub async fn cql_store(config: &Config, migrate: bool) -> Result<CqlStore, WorkerError> {
+    let mut builder = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&config.scylla_nodes)
+        .connection_timeout(std::time::Duration::from_secs(5));
+    if let (Some(user), Some(password)) = (&config.scylla_user, &config.scylla_password) {
+        builder = builder.user(user, password);
+    }
+    let session = builder
+        .build()
+        .await
+        .map_err(|e| WorkerError::Store(StoreError::Database(Box::new(e))))?;
+    let keyspace = &config.scylla_keyspace;
+    if migrate {
+        migrations::apply(&session, keyspace, &config.scylla_replication).await?;
+    } else {
+        session
+            .use_keyspace(keyspace, false)
+            .await
+            .map_err(|e| WorkerError::Store(StoreError::Database(Box::new(e))))?;
+    }
+    Ok(CqlStore::new(session, config.scylla_consistency.into()).await?)
+}
+
+/// Consumes the stream into `store` and answers requests from it until `shutdown`.
+async fn serve<S: Store + Clone>(
+    config: Config,
+    routers: Option<Routers>,
+    store: S,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
     let client = connect(&config.nats_url).await?;
     let js = jetstream::new(client.clone());
     let mut stream = stream::ensure(&js, &config.stream())
@@ -92,7 +137,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         rpc::Handlers::new(client.clone(), routers, store)
             .serve(config.max_concurrent_requests, token.child_token()),
     );
-    tracing::info!(db = %config.db_path.display(), "worker ready");
+    tracing::info!("worker ready");
 
     let consumed = tokio::select! {
         () = shutdown => {

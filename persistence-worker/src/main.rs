@@ -20,6 +20,18 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: chat_persistence_worker::Config) -> anyhow::Result<()> {
+    if let Some(chat_persistence_worker::Command::Migrate) = config.command {
+        anyhow::ensure!(
+            config.store == chat_persistence_worker::StoreKind::Scylla,
+            "migrate applies the CQL store's migrations: give --store scylla (the SQLite store \
+             migrates itself when it opens)"
+        );
+        chat_persistence_worker::cql_store(&config, true)
+            .await
+            .context("failed to migrate the CQL store")?;
+        tracing::info!(keyspace = %config.scylla_keyspace, "migrated");
+        return Ok(());
+    }
     chat_persistence_worker::run(config, chat_proto::service::shutdown_signal())
         .await
         .context("the worker stopped")

@@ -10,6 +10,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod cql;
 pub mod sqlite;
 
 use std::future::Future;
@@ -33,6 +34,9 @@ pub enum StoreError {
         /// The newest version this binary knows.
         known: i64,
     },
+    /// The schema could not be brought up to date.
+    #[error("migration failed: {0}")]
+    Migration(String),
     /// The blocking task running the query failed.
     #[error("store task failed: {0}")]
     Task(String),

@@ -1,0 +1,189 @@
+//! The CQL store on a real server: ScyllaDB when `SCYLLA_URI` (host:port) is set, else the
+//! Apache Cassandra node that the test command starts (`CASSANDRA_URI`). Each test works in a
+//! keyspace of its own and says which server it ran against.
+
+mod common;
+
+use chat_persistence_worker::store::Store as _;
+use chat_persistence_worker::store::conformance;
+use chat_persistence_worker::store::cql::{CqlStore, migrations};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::Consistency;
+
+/// The CQL server to test against, and its name; `None` outside CI without one.
+fn server() -> Option<(String, &'static str)> {
+    if let Ok(uri) = std::env::var("SCYLLA_URI") {
+        return Some((uri, "ScyllaDB (SCYLLA_URI)"));
+    }
+    if let Ok(uri) = std::env::var("CASSANDRA_URI") {
+        return Some((uri, "Apache Cassandra (CASSANDRA_URI)"));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI runs the store tests on a real CQL server: the test command starts one"
+    );
+    eprintln!("skipped: no CQL server (set SCYLLA_URI or CASSANDRA_URI; .ci/test.sh starts one)");
+    None
+}
+
+async fn session(uri: &str) -> Session {
+    SessionBuilder::new()
+        .known_node(uri)
+        .build()
+        .await
+        .expect("the CQL server answers")
+}
+
+/// A fresh keyspace for one test, replicated once (a single node).
+fn keyspace(test: &str) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("chat_{test}_{}", &suffix[..8])
+}
+
+const REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}";
+
+#[tokio::test]
+async fn the_cql_store_conforms() {
+    let Some((uri, name)) = server() else { return };
+    eprintln!("store conformance on {name} at {uri}");
+    let session = session(&uri).await;
+    let keyspace = keyspace("conformance");
+    migrations::apply(&session, &keyspace, REPLICATION)
+        .await
+        .expect("the migrations apply");
+    let store = CqlStore::new(session, Consistency::LocalQuorum)
+        .await
+        .expect("the statements prepare");
+    conformance::check_all(&store).await;
+}
+
+#[tokio::test]
+async fn migrations_run_once_when_two_workers_start_together() {
+    let Some((uri, name)) = server() else { return };
+    eprintln!("migrations on {name} at {uri}");
+    let keyspace = keyspace("migrations");
+    let (a, b) = (session(&uri).await, session(&uri).await);
+    let (first, second) = tokio::join!(
+        migrations::apply(&a, &keyspace, REPLICATION),
+        migrations::apply(&b, &keyspace, REPLICATION),
+    );
+    first.expect("the first worker migrates");
+    second.expect("the second worker migrates or waits");
+    // Again, as a restarted worker does: nothing to apply.
+    migrations::apply(&a, &keyspace, REPLICATION)
+        .await
+        .expect("a migrated keyspace migrates again without error");
+    let versions = a
+        .query_unpaged(
+            format!("SELECT version, state FROM {keyspace}.schema_migrations"),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let versions: Vec<(i32, Option<String>)> = versions
+        .rows::<(i32, Option<String>)>()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let latest = migrations::MIGRATIONS.last().unwrap().0;
+    assert!(
+        versions.contains(&(latest, Some("applied".into()))),
+        "{versions:?}"
+    );
+}
+
+/// The worker with `--store scylla`: it migrates a fresh keyspace at start, stores what the
+/// stream holds, and a restarted worker goes on from the store's committed position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_stores_the_stream_in_the_cql_store() {
+    let Some((uri, name)) = server() else { return };
+    eprintln!("worker on {name} at {uri}");
+    let nats = chat_proto::testing::NatsServer::start();
+    let keyspace = keyspace("worker");
+    let config = || {
+        use clap::Parser as _;
+        chat_persistence_worker::Config::try_parse_from([
+            "worker",
+            "--nats-url",
+            &nats.url(),
+            "--store",
+            "scylla",
+            "--scylla-nodes",
+            &uri,
+            "--scylla-keyspace",
+            &keyspace,
+            "--scylla-replication",
+            REPLICATION,
+            "--migrate",
+        ])
+        .unwrap()
+    };
+    let run = |config| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(chat_persistence_worker::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, worker)
+    };
+    let publish = async |range: std::ops::Range<usize>| {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        common::wait_for_stream(&js).await;
+        for i in range {
+            let event = common::message(format!("m{i}"));
+            chat_proto::bus::publish(&js, &client, event, None)
+                .await
+                .unwrap();
+        }
+    };
+    let stored = async |count: usize| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let store = CqlStore::new(session_in(&uri, &keyspace).await, Consistency::LocalQuorum)
+                .await
+                .unwrap();
+            let page = store
+                .history("c1", chat_persistence_worker::store::Window::After(0), 100)
+                .await
+                .unwrap();
+            if page.messages.len() >= count || tokio::time::Instant::now() > deadline {
+                let committed = store.committed_seq().await.unwrap();
+                return (
+                    page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+                    committed,
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let (stop, worker) = run(config());
+    publish(0..30).await;
+    let (ids, committed) = stored(30).await;
+    assert_eq!(ids, (1..=30).collect::<Vec<u64>>());
+    assert_eq!(committed, 30);
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+
+    let (stop, worker) = run(config());
+    publish(30..35).await;
+    let (ids, _) = stored(35).await;
+    assert_eq!(
+        ids,
+        (1..=35).collect::<Vec<u64>>(),
+        "nothing twice, nothing lost"
+    );
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+async fn session_in(uri: &str, keyspace: &str) -> Session {
+    SessionBuilder::new()
+        .known_node(uri)
+        .use_keyspace(keyspace, false)
+        .build()
+        .await
+        .expect("the CQL server answers")
+}
