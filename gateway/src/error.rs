@@ -208,6 +208,13 @@ impl From<crate::resume::ResumeError> for RequestError {
     }
 }
 
+impl From<chat_proto::routing::RoutingError> for RequestError {
+    fn from(error: chat_proto::routing::RoutingError) -> Self {
+        tracing::debug!(%error, "router query failed");
+        Self::unavailable()
+    }
+}
+
 impl From<chat_proto::bus::BusError> for RequestError {
     fn from(error: chat_proto::bus::BusError) -> Self {
         tracing::warn!(%error, "bus failure");

@@ -42,14 +42,7 @@ impl Session {
         for user_id in &data.user_ids {
             validation::user_id(user_id)?;
         }
-        let statuses = router
-            .routers()
-            .presence(data.user_ids)
-            .await
-            .map_err(|error| {
-                tracing::debug!(%error, "presence query failed");
-                RequestError::unavailable()
-            })?;
+        let statuses = router.routers().presence(data.user_ids).await?;
         let statuses: serde_json::Map<String, serde_json::Value> = statuses
             .into_iter()
             .map(|(user_id, status)| (user_id, presence::status_name(status).into()))

@@ -102,11 +102,7 @@ impl Session {
         let mut user_ids = router
             .routers()
             .online_members(conversation.participant_ids)
-            .await
-            .map_err(|error| {
-                tracing::debug!(%error, "online members query failed");
-                RequestError::unavailable()
-            })?;
+            .await?;
         user_ids.sort_unstable();
         Ok(Reply::Ack(json!({ "userIds": user_ids })))
     }
