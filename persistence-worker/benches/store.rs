@@ -27,7 +27,9 @@ fn message(seq: u64) -> ConversationEvent {
         conversation_id: conversation_id.clone(),
         sender_id: format!("user-{}", seq % 5_000),
         r#type: "chat".into(),
-        content: "a message of a typical length, about a hundred characters, to be stored and read back".into(),
+        content:
+            "a message of a typical length, about a hundred characters, to be stored and read back"
+                .into(),
         created_at_ms: 1_700_000_000_000 + seq as i64,
         ..Default::default()
     };

@@ -187,3 +187,73 @@ async fn session_in(uri: &str, keyspace: &str) -> Session {
         .await
         .expect("the CQL server answers")
 }
+
+/// With several writers an edit may be written before the message it edits: the row it leaves is
+/// no message (reads skip it, and read on past it), and the message, once written, shows the edit.
+#[tokio::test]
+async fn an_edit_written_before_its_message_is_skipped_then_applied() {
+    use chat_persistence_worker::store::Window;
+    use chat_proto::v1::{
+        ChatMessage, ConversationEvent, MessageCreated, MessageEdited, conversation_event::Kind,
+    };
+    let Some((uri, name)) = server() else { return };
+    eprintln!("early edits on {name} at {uri}");
+    let session = session(&uri).await;
+    let keyspace = keyspace("early_edits");
+    migrations::apply(&session, &keyspace, REPLICATION)
+        .await
+        .unwrap();
+    let store = CqlStore::new(session, Consistency::LocalQuorum)
+        .await
+        .unwrap();
+    let c = "early";
+    let event = |seq: u64, kind| ConversationEvent {
+        seq,
+        conversation_id: c.into(),
+        kind: Some(kind),
+    };
+    let created = |id: u64| {
+        let message = ChatMessage {
+            id,
+            conversation_id: c.into(),
+            sender_id: "alice".into(),
+            content: format!("m{id}"),
+            ..Default::default()
+        };
+        event(
+            id,
+            Kind::MessageCreated(MessageCreated {
+                message: Some(message),
+            }),
+        )
+    };
+    let edited = |seq: u64, id: u64| {
+        let edit = MessageEdited {
+            message_id: id,
+            editor_id: "alice".into(),
+            content: format!("edited {id}"),
+            edited_at_ms: 1,
+        };
+        event(seq, Kind::MessageEdited(edit))
+    };
+    // Edits of messages 1..=5, written before the messages; then messages 10, 11, 12.
+    let early: Vec<_> = (1..=5).map(|id| edited(100 + id, id)).collect();
+    store.apply(early, None).await.unwrap();
+    store
+        .apply(vec![created(10), created(11), created(12)], None)
+        .await
+        .unwrap();
+    let page = store.history(c, Window::After(0), 2).await.unwrap();
+    let ids: Vec<u64> = page.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [10, 11], "read on past the rows that are no messages");
+    assert!(page.has_more);
+    store
+        .apply((1..=5).map(created).collect(), None)
+        .await
+        .unwrap();
+    let first = store.message(1).await.unwrap().unwrap();
+    assert_eq!(
+        first.content, "edited 1",
+        "the newer edit wins over the later-written creation"
+    );
+}

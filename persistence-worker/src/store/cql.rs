@@ -359,11 +359,25 @@ impl CqlStore {
         };
         let mut messages = Vec::new();
         for bucket in buckets {
-            let left = i32::try_from(take - messages.len()).unwrap_or(i32::MAX);
-            let rows: Vec<MessageRow> = self
-                .rows(statement, (conversation_id, bucket, from, left))
-                .await?;
-            messages.extend(rows.into_iter().filter_map(to_message));
+            // Rows come in reading order, so the last one read bounds the next query; a bucket
+            // is read on until it has no more rows (a row without its creation, an edit written
+            // first, is no message but still counts against the query's limit).
+            let mut from = from;
+            loop {
+                let left = take - messages.len();
+                let limit = i32::try_from(left).unwrap_or(i32::MAX);
+                let rows: Vec<MessageRow> = self
+                    .rows(statement, (conversation_id, bucket, from, limit))
+                    .await?;
+                let exhausted = rows.len() < left;
+                if let Some((seq, ..)) = rows.last() {
+                    from = *seq;
+                }
+                messages.extend(rows.into_iter().filter_map(to_message));
+                if exhausted || messages.len() >= take {
+                    break;
+                }
+            }
             if messages.len() >= take {
                 break;
             }
