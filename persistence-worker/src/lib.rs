@@ -92,10 +92,7 @@ pub async fn cql_store(config: &Config, migrate: bool) -> Result<CqlStore, Worke
     if let (Some(user), Some(password)) = (&config.scylla_user, &config.scylla_password) {
         builder = builder.user(user, password);
     }
-    let session = builder
-        .build()
-        .await
-        .map_err(|e| WorkerError::Store(StoreError::Database(Box::new(e))))?;
+    let session = builder.build().await.map_err(StoreError::database)?;
     let keyspace = &config.scylla_keyspace;
     if migrate {
         migrations::apply(&session, keyspace, &config.scylla_replication).await?;
@@ -103,7 +100,7 @@ pub async fn cql_store(config: &Config, migrate: bool) -> Result<CqlStore, Worke
         session
             .use_keyspace(keyspace, false)
             .await
-            .map_err(|e| WorkerError::Store(StoreError::Database(Box::new(e))))?;
+            .map_err(StoreError::database)?;
     }
     Ok(CqlStore::new(session, config.scylla_consistency.into()).await?)
 }

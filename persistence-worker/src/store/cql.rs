@@ -31,10 +31,6 @@ pub const BUCKET_SPAN: u64 = 1 << 16;
 /// Statements of one call in flight at once.
 const WRITE_CONCURRENCY: usize = 64;
 
-fn db(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Database(Box::new(error))
-}
-
 fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} is out of range")))
 }
@@ -88,7 +84,7 @@ impl CqlStore {
     /// every statement at `consistency`.
     pub async fn new(session: Session, consistency: Consistency) -> Result<Self, StoreError> {
         let prepare = async |cql: &str| -> Result<PreparedStatement, StoreError> {
-            let mut statement = session.prepare(cql).await.map_err(db)?;
+            let mut statement = session.prepare(cql).await.map_err(StoreError::database)?;
             statement.set_consistency(consistency);
             statement.set_is_idempotent(true);
             Ok(statement)
@@ -198,7 +194,7 @@ impl CqlStore {
             .execute_unpaged(statement, values)
             .await
             .map(drop)
-            .map_err(db)
+            .map_err(StoreError::database)
     }
 
     async fn rows<R>(
@@ -213,12 +209,12 @@ impl CqlStore {
             .session
             .execute_unpaged(statement, values)
             .await
-            .map_err(db)?;
-        let rows = result.into_rows_result().map_err(db)?;
+            .map_err(StoreError::database)?;
+        let rows = result.into_rows_result().map_err(StoreError::database)?;
         rows.rows::<R>()
-            .map_err(db)?
+            .map_err(StoreError::database)?
             .collect::<Result<Vec<R>, _>>()
-            .map_err(db)
+            .map_err(StoreError::database)
     }
 
     /// The writes of one event.

@@ -42,6 +42,13 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// A database's own error.
+    pub fn database(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Database(Box::new(error))
+    }
+}
+
 pub use chat_proto::history::Window;
 
 /// Participant ids a conversation carries in events and answers (large rooms are cut).

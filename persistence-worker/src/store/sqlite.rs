@@ -50,7 +50,7 @@ CREATE TABLE positions (
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        Self::Database(Box::new(error))
+        Self::database(error)
     }
 }
 

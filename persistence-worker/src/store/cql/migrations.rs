@@ -46,19 +46,24 @@ const CLAIM_LEASE: Duration = Duration::from_secs(120);
 /// How often a worker waiting for another's migration looks again.
 const POLL: Duration = Duration::from_millis(500);
 
-fn db(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Database(Box::new(error))
-}
-
 /// Creates `keyspace` with `replication` (a CQL map, e.g.
 /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`) if it is missing, uses it,
 /// and applies every version not applied yet.
 pub async fn apply(session: &Session, keyspace: &str, replication: &str) -> Result<(), StoreError> {
     let create =
         format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}");
-    session.query_unpaged(create, ()).await.map_err(db)?;
-    session.await_schema_agreement().await.map_err(db)?;
-    session.use_keyspace(keyspace, false).await.map_err(db)?;
+    session
+        .query_unpaged(create, ())
+        .await
+        .map_err(StoreError::database)?;
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(StoreError::database)?;
+    session
+        .use_keyspace(keyspace, false)
+        .await
+        .map_err(StoreError::database)?;
     session
         .query_unpaged(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -67,24 +72,33 @@ pub async fn apply(session: &Session, keyspace: &str, replication: &str) -> Resu
             (),
         )
         .await
-        .map_err(db)?;
-    session.await_schema_agreement().await.map_err(db)?;
+        .map_err(StoreError::database)?;
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(StoreError::database)?;
     for (version, statements) in MIGRATIONS {
         if !claim(session, *version).await? {
             continue;
         }
         tracing::info!(version, keyspace, "applying a schema version");
         for statement in *statements {
-            session.query_unpaged(*statement, ()).await.map_err(db)?;
+            session
+                .query_unpaged(*statement, ())
+                .await
+                .map_err(StoreError::database)?;
         }
-        session.await_schema_agreement().await.map_err(db)?;
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(StoreError::database)?;
         session
             .query_unpaged(
                 "UPDATE schema_migrations SET state = 'applied' WHERE version = ?",
                 (version,),
             )
             .await
-            .map_err(db)?;
+            .map_err(StoreError::database)?;
     }
     Ok(())
 }
@@ -111,10 +125,11 @@ async fn claim(session: &Session, version: i32) -> Result<bool, StoreError> {
                 (version,),
             )
             .await
-            .map_err(db)?
+            .map_err(StoreError::database)?
             .into_rows_result()
-            .map_err(db)?;
-        let (state, claimed_at): (Option<String>, Option<i64>) = rows.first_row().map_err(db)?;
+            .map_err(StoreError::database)?;
+        let (state, claimed_at): (Option<String>, Option<i64>) =
+            rows.first_row().map_err(StoreError::database)?;
         if state.as_deref() == Some("applied") {
             return Ok(false);
         }
@@ -153,10 +168,10 @@ async fn lwt_applied(
     let rows = session
         .query_unpaged(cql, values)
         .await
-        .map_err(db)?
+        .map_err(StoreError::database)?
         .into_rows_result()
-        .map_err(db)?;
-    let row: Row = rows.first_row().map_err(db)?;
+        .map_err(StoreError::database)?;
+    let row: Row = rows.first_row().map_err(StoreError::database)?;
     match row.columns.first() {
         Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
         other => Err(StoreError::Corrupt(format!(
