@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chat_persistence_worker::store::sqlite::SqliteStore;
-use chat_persistence_worker::store::{Store, Window};
-use common::{Cluster, ClusterClients, create_room, db_path, start_gateway};
+use chat_gateway::worker::WorkerClient;
+use chat_proto::v1::HistoryRequest;
+use common::{Cluster, ClusterClients, create_room, start_gateway};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -72,10 +72,20 @@ async fn messages_acked_while_the_worker_is_down_are_stored_once_it_returns() {
     assert_eq!(tombstone["deleted"], true);
 
     cluster.restart_worker().await;
-    let store = SqliteStore::open(&db_path(&cluster.dir)).unwrap();
+    // What the store holds, through the worker (reads from the gateway would merge the stream).
+    let worker = WorkerClient::new(
+        async_nats::connect(cluster.nats.url()).await.unwrap(),
+        common::WAIT,
+    );
+    let request = HistoryRequest {
+        conversation_id: room.clone(),
+        after_id: Some(0),
+        before_id: None,
+        limit: 100,
+    };
     let deadline = tokio::time::Instant::now() + common::WAIT;
     let stored = loop {
-        let page = store.history(&room, Window::After(0), 100).await.unwrap();
+        let page = worker.history(request.clone()).await.unwrap();
         if page.messages.len() >= 21 || tokio::time::Instant::now() > deadline {
             break page.messages;
         }

@@ -118,6 +118,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_BATCH_WAIT", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
 
+    /// How long the stream waits for a worker to acknowledge an event before it hands the event
+    /// to another (a worker that died): 1s to 10y. The first worker to create the consumer sets
+    /// it; the others join with that value.
+    #[arg(long, env = "CHAT_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+
     /// How far back the stream keeps events: the resume horizon (older ones are in the store
     /// only). More than 0 (JetStream would read 0 as no limit), at most 10y.
     #[arg(long, env = "CHAT_STREAM_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
@@ -177,6 +183,14 @@ impl Config {
             "no event could be written",
         )?;
         options::duration("batch-wait", self.batch_wait)?;
+        options::duration("ack-wait", self.ack_wait)?;
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err(OptionError::OutOfRange {
+                option: "ack-wait",
+                reason: "must be at least 1s: a batch being written would be handed out again"
+                    .to_owned(),
+            });
+        }
         options::positive_duration(
             "stream-max-age",
             self.stream_max_age,

@@ -38,6 +38,14 @@ pub enum WorkerError {
     /// A task of the worker panicked.
     #[error("worker task failed: {0}")]
     Task(String),
+    /// Another worker pulls from the consumer that this one would have to replace.
+    #[error("refusing to start: {why} ({waiting} pull requests of another worker are waiting)")]
+    ConsumerInUse {
+        /// Pull requests waiting on the consumer.
+        waiting: usize,
+        /// Why the consumer cannot be shared.
+        why: &'static str,
+    },
     /// The stream is behind the store: a new stream would reuse message ids.
     #[error(
         "refusing the stream: its last sequence {last} is behind the store's committed sequence \
@@ -120,14 +128,15 @@ async fn serve<S: Store + Clone>(
     consumer::check_stream_position(&mut stream, &store).await?;
 
     let token = CancellationToken::new();
-    let batching = consumer::Batching {
-        size: usize::from(config.batch_size),
-        wait: config.batch_wait,
+    let settings = consumer::Settings {
+        batch_size: usize::from(config.batch_size),
+        batch_wait: config.batch_wait,
+        ack_wait: config.ack_wait,
     };
     let mut consuming = tokio::spawn(consumer::run(
         stream,
         store.clone(),
-        batching,
+        settings,
         token.child_token(),
     ));
     let serving = tokio::spawn(

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chat_persistence_worker::store::sqlite::SqliteStore;
-use chat_persistence_worker::store::{Store, Window};
 use chat_proto::bus;
 use chat_proto::testing::NatsServer;
 
@@ -32,23 +30,6 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Every stored message's content, in id order.
-async fn stored(store: &SqliteStore) -> Vec<String> {
-    let mut contents = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store
-            .history("c1", Window::After(after), 100)
-            .await
-            .unwrap();
-        let Some(last) = page.messages.last() else {
-            return contents;
-        };
-        after = last.id;
-        contents.extend(page.messages.iter().map(|m| m.content.clone()));
     }
 }
 
@@ -84,15 +65,9 @@ async fn a_worker_killed_mid_batch_stores_every_acked_message_once_after_a_resta
     let _worker = Worker::start(&nats, &db);
     let acked = writer.await.unwrap();
 
-    let store = SqliteStore::open(&db).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let contents = loop {
-        let contents = stored(&store).await;
-        if contents.len() >= acked.len() || Instant::now() > deadline {
-            break contents;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let reader = async_nats::connect(nats.url()).await.unwrap();
+    let (stored, _) = common::wait_for_stored(&reader, acked.len(), Duration::from_secs(20)).await;
+    let contents: Vec<String> = stored.into_iter().map(|m| m.content).collect();
     println!(
         "kill -9 worker: caught up {:?} after the restart",
         restarted.elapsed()

@@ -1,12 +1,11 @@
-//! The worker against a real nats-server: it stores what the stream holds, and refuses a stream
-//! that would reuse the store's message ids.
+//! The worker against a real nats-server: it stores what the stream holds, refuses a stream
+//! that would reuse the store's message ids, and refuses to be a second worker on SQLite.
 
 mod common;
 
 use std::time::Duration;
 
-use chat_persistence_worker::store::sqlite::SqliteStore;
-use chat_persistence_worker::store::{Store, Window};
+use chat_persistence_worker::store::StoreError;
 use chat_persistence_worker::{Config, WorkerError};
 use chat_proto::bus;
 use chat_proto::testing::NatsServer;
@@ -34,15 +33,12 @@ async fn publish_messages(nats: &NatsServer, count: usize) {
     }
 }
 
-async fn wait_for_stored(store: &SqliteStore, count: usize) -> Vec<u64> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = store.history("c1", Window::After(0), 100).await.unwrap();
-        if page.messages.len() >= count || tokio::time::Instant::now() > deadline {
-            return page.messages.iter().map(|m| m.id).collect();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The ids the worker has stored once there are `count`, and its committed position.
+async fn wait_for_stored(nats: &NatsServer, count: usize) -> (Vec<u64>, u64) {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let (messages, committed) =
+        common::wait_for_stored(&client, count, Duration::from_secs(10)).await;
+    (messages.iter().map(|m| m.id).collect(), committed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,10 +52,9 @@ async fn the_worker_stores_the_stream_and_refuses_one_that_went_backwards() {
         let _ = stopped.await;
     }));
     publish_messages(&nats, 30).await;
-    let store = SqliteStore::open(&db).unwrap();
-    let ids = wait_for_stored(&store, 30).await;
+    let (ids, committed) = wait_for_stored(&nats, 30).await;
     assert_eq!(ids, (1..=30).collect::<Vec<u64>>());
-    assert_eq!(store.committed_seq().await.unwrap(), 30);
+    assert_eq!(committed, 30);
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
 
@@ -70,8 +65,8 @@ async fn the_worker_stores_the_stream_and_refuses_one_that_went_backwards() {
     }));
     publish_messages(&nats, 5).await;
     assert_eq!(
-        wait_for_stored(&store, 35).await,
-        (1..=35).collect::<Vec<u64>>()
+        wait_for_stored(&nats, 35).await,
+        ((1..=35).collect::<Vec<u64>>(), 35)
     );
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
@@ -87,4 +82,47 @@ async fn the_worker_stores_the_stream_and_refuses_one_that_went_backwards() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// The SQLite store allows one worker: a second one on the same file, or on another file but the
+/// same stream, stops at start with a message that says why, and the first goes on storing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_on_sqlite_is_refused_and_the_first_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let nats = NatsServer::start();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let first = tokio::spawn(chat_persistence_worker::run(config(&nats, &db), async {
+        let _ = stopped.await;
+    }));
+    publish_messages(&nats, 10).await;
+    assert_eq!(wait_for_stored(&nats, 10).await.0.len(), 10);
+
+    let same_file = chat_persistence_worker::run(config(&nats, &db), std::future::pending());
+    let error = match same_file.await {
+        Err(WorkerError::Store(error @ StoreError::InUse(_))) => error.to_string(),
+        other => panic!("expected the store in use, got {other:?}"),
+    };
+    assert!(error.contains("in use by another worker"), "{error}");
+    println!("same file: {error}");
+
+    let other_file = dir.path().join("other.db");
+    let other = chat_persistence_worker::run(config(&nats, &other_file), std::future::pending());
+    let error = match other.await {
+        Err(error @ WorkerError::ConsumerInUse { .. }) => error.to_string(),
+        other => panic!("expected the consumer in use, got {other:?}"),
+    };
+    assert!(error.contains("exactly one worker"), "{error}");
+    println!("same stream, other file: {error}");
+
+    publish_messages(&nats, 10).await;
+    let (ids, committed) = wait_for_stored(&nats, 20).await;
+    assert_eq!(
+        ids,
+        (1..=20).collect::<Vec<u64>>(),
+        "the first worker goes on"
+    );
+    assert_eq!(committed, 20);
+    stop.send(()).unwrap();
+    first.await.unwrap().unwrap();
 }

@@ -397,6 +397,8 @@ fn to_message((_, body, content, edited_at_ms, deleted): MessageRow) -> Option<C
 }
 
 impl Store for CqlStore {
+    const SHARED: bool = true;
+
     async fn committed_seq(&self) -> Result<u64, StoreError> {
         let rows: Vec<(i64,)> = self.rows(&self.statements.position, ()).await?;
         Ok(rows

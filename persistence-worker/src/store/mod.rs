@@ -26,6 +26,9 @@ pub enum StoreError {
     /// A stored row could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Another process holds the store.
+    #[error("{0}")]
+    InUse(String),
     /// The store's schema is newer than this binary knows.
     #[error("store schema version {found} is newer than this worker's {known}")]
     SchemaTooNew {
@@ -89,6 +92,9 @@ pub enum Membership {
 
 /// The storage interface of the worker.
 pub trait Store: Send + Sync + 'static {
+    /// Whether several workers may write the store at once (see [`crate::consumer`]).
+    const SHARED: bool;
+
     /// The highest stream sequence the consumer has committed.
     fn committed_seq(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

@@ -1,5 +1,9 @@
 //! The embedded store: SQLite in WAL mode, one connection, exactly one worker.
 //!
+//! The worker holds an exclusive lock on `<path>.lock` for as long as the store is open, so a
+//! second worker on the same file is refused at once, with a message that says why (the consumer
+//! refuses one on another file: see [`crate::consumer`]).
+//!
 //! Queries run on the blocking pool, never on the async workers. The schema is versioned with
 //! `PRAGMA user_version`; [`MIGRATIONS`] are applied in order at open.
 
@@ -48,6 +52,28 @@ CREATE TABLE positions (
 );
 "#];
 
+/// Takes the exclusive lock of the store at `path` (a file beside it, so that SQLite's own locks
+/// on the database are never touched).
+fn lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(StoreError::database)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(format!(
+            "the SQLite store {} is in use by another worker: it allows exactly one \
+             (several workers need --store scylla)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(StoreError::database(error)),
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
         Self::database(error)
@@ -58,11 +84,14 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    /// Held while any handle lives: released when the last one is dropped.
+    _lock: Arc<std::fs::File>,
 }
 
 impl SqliteStore {
     /// Opens (or creates) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lock = lock(path)?;
         let mut connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
@@ -71,6 +100,7 @@ impl SqliteStore {
         migrate(&mut connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            _lock: Arc::new(lock),
         })
     }
 
@@ -279,6 +309,8 @@ fn load_conversation(
 }
 
 impl Store for SqliteStore {
+    const SHARED: bool = false;
+
     async fn committed_seq(&self) -> Result<u64, StoreError> {
         self.with(|c| {
             let seq: Option<i64> = c

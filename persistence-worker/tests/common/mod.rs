@@ -1,11 +1,16 @@
-//! What the worker's tests share: a chat message event and the wait for the worker's stream.
+//! What the worker's tests share: a chat message event, the wait for the worker's stream, and
+//! reading the store through a running worker (as the gateways do).
 
 #![allow(dead_code, unreachable_pub)] // Each test file uses part of it.
 
 use std::time::Duration;
 
 use chat_proto::subjects;
-use chat_proto::v1::{ChatMessage, ConversationEvent, MessageCreated, conversation_event::Kind};
+use chat_proto::v1::{
+    ChatMessage, ConversationEvent, HistoryReply, HistoryRequest, MessageCreated,
+    conversation_event::Kind,
+};
+use prost::Message as _;
 
 /// A message of alice's in conversation `c1`.
 pub fn message(content: String) -> ConversationEvent {
@@ -32,5 +37,48 @@ pub async fn wait_for_stream(js: &async_nats::jetstream::Context) {
             "the worker did not create the stream"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every message a running worker has stored in conversation `c1`, in id order, and the store's
+/// committed position, read page by page through the worker's history request.
+pub async fn stored(client: &async_nats::Client) -> (Vec<ChatMessage>, u64) {
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    let mut committed = None;
+    loop {
+        let request = HistoryRequest {
+            conversation_id: "c1".into(),
+            after_id: Some(messages.last().map_or(0, |m| m.id)),
+            before_id: None,
+            limit: 100,
+        };
+        let call = client.request(subjects::rpc::HISTORY, request.encode_to_vec().into());
+        let reply = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the worker answers in time")
+            .expect("the worker answers");
+        let page = HistoryReply::decode(reply.payload).expect("a history reply");
+        // The position read before the first page: every message up to it is on the pages.
+        let committed = *committed.get_or_insert(page.committed_seq);
+        if page.messages.is_empty() {
+            return (messages, committed);
+        }
+        messages.extend(page.messages);
+    }
+}
+
+/// Waits (at most `within`) until a running worker has stored at least `count` messages.
+pub async fn wait_for_stored(
+    client: &async_nats::Client,
+    count: usize,
+    within: Duration,
+) -> (Vec<ChatMessage>, u64) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (messages, committed) = stored(client).await;
+        if messages.len() >= count || tokio::time::Instant::now() > deadline {
+            return (messages, committed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
