@@ -12,6 +12,8 @@ mod password;
 pub mod rpc;
 pub mod store;
 pub mod stream;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 use std::future::Future;
 

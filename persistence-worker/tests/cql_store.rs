@@ -7,25 +7,12 @@ mod common;
 use chat_persistence_worker::store::Store as _;
 use chat_persistence_worker::store::conformance;
 use chat_persistence_worker::store::cql::{CqlStore, migrations};
+use chat_persistence_worker::testing::{
+    REPLICATION, cql_server, fresh_store, keyspace, worker_flags,
+};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
-
-/// The CQL server to test against, and its name; `None` outside CI without one.
-fn server() -> Option<(String, &'static str)> {
-    if let Ok(uri) = std::env::var("SCYLLA_URI") {
-        return Some((uri, "ScyllaDB (SCYLLA_URI)"));
-    }
-    if let Ok(uri) = std::env::var("CASSANDRA_URI") {
-        return Some((uri, "Apache Cassandra (CASSANDRA_URI)"));
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI runs the store tests on a real CQL server: the test command starts one"
-    );
-    eprintln!("skipped: no CQL server (set SCYLLA_URI or CASSANDRA_URI; .ci/test.sh starts one)");
-    None
-}
 
 async fn session(uri: &str) -> Session {
     SessionBuilder::new()
@@ -35,33 +22,20 @@ async fn session(uri: &str) -> Session {
         .expect("the CQL server answers")
 }
 
-/// A fresh keyspace for one test, replicated once (a single node).
-fn keyspace(test: &str) -> String {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("chat_{test}_{}", &suffix[..8])
-}
-
-const REPLICATION: &str = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}";
-
 #[tokio::test]
 async fn the_cql_store_conforms() {
-    let Some((uri, name)) = server() else { return };
-    eprintln!("store conformance on {name} at {uri}");
-    let session = session(&uri).await;
-    let keyspace = keyspace("conformance");
-    migrations::apply(&session, &keyspace, REPLICATION)
-        .await
-        .expect("the migrations apply");
-    let store = CqlStore::new(session, Consistency::LocalQuorum)
-        .await
-        .expect("the statements prepare");
+    let Some(uri) = cql_server("the_cql_store_conforms") else {
+        return;
+    };
+    let (store, _) = fresh_store(&uri, "conformance").await;
     conformance::check_all(&store).await;
 }
 
 #[tokio::test]
 async fn migrations_run_once_when_two_workers_start_together() {
-    let Some((uri, name)) = server() else { return };
-    eprintln!("migrations on {name} at {uri}");
+    let Some(uri) = cql_server("migrations_run_once_when_two_workers_start_together") else {
+        return;
+    };
     let keyspace = keyspace("migrations");
     let (a, b) = (session(&uri).await, session(&uri).await);
     let (first, second) = tokio::join!(
@@ -99,27 +73,19 @@ async fn migrations_run_once_when_two_workers_start_together() {
 /// stream holds, and a restarted worker goes on from the store's committed position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_stores_the_stream_in_the_cql_store() {
-    let Some((uri, name)) = server() else { return };
-    eprintln!("worker on {name} at {uri}");
+    let Some(uri) = cql_server("the_worker_stores_the_stream_in_the_cql_store") else {
+        return;
+    };
     let nats = chat_proto::testing::NatsServer::start();
     let keyspace = keyspace("worker");
     let config = || {
         use clap::Parser as _;
-        chat_persistence_worker::Config::try_parse_from([
-            "worker",
-            "--nats-url",
-            &nats.url(),
-            "--store",
-            "scylla",
-            "--scylla-nodes",
-            &uri,
-            "--scylla-keyspace",
-            &keyspace,
-            "--scylla-replication",
-            REPLICATION,
-            "--migrate",
-        ])
-        .unwrap()
+        let nats_url = nats.url();
+        let flags = worker_flags(&uri, &keyspace);
+        let args = ["worker", "--nats-url", &nats_url]
+            .into_iter()
+            .chain(flags.iter().map(String::as_str));
+        chat_persistence_worker::Config::try_parse_from(args).unwrap()
     };
     let run = |config| {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -192,20 +158,14 @@ async fn session_in(uri: &str, keyspace: &str) -> Session {
 /// no message (reads skip it, and read on past it), and the message, once written, shows the edit.
 #[tokio::test]
 async fn an_edit_written_before_its_message_is_skipped_then_applied() {
+    let Some(uri) = cql_server("an_edit_written_before_its_message_is_skipped_then_applied") else {
+        return;
+    };
     use chat_persistence_worker::store::Window;
     use chat_proto::v1::{
         ChatMessage, ConversationEvent, MessageCreated, MessageEdited, conversation_event::Kind,
     };
-    let Some((uri, name)) = server() else { return };
-    eprintln!("early edits on {name} at {uri}");
-    let session = session(&uri).await;
-    let keyspace = keyspace("early_edits");
-    migrations::apply(&session, &keyspace, REPLICATION)
-        .await
-        .unwrap();
-    let store = CqlStore::new(session, Consistency::LocalQuorum)
-        .await
-        .unwrap();
+    let (store, _) = fresh_store(&uri, "early_edits").await;
     let c = "early";
     let event = |seq: u64, kind| ConversationEvent {
         seq,

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test file uses part of it.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chat_proto::subjects;
@@ -81,4 +82,67 @@ pub async fn wait_for_stored(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A worker process, killed (SIGKILL) when dropped.
+pub struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    /// Starts `chat-persistence-worker` on `nats_url` with `args`.
+    pub fn start(nats_url: &str, args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_chat-persistence-worker"))
+            .args(["--nats-url", nats_url])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the worker starts");
+        Self(child)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A writer at a steady 1,000 events a second of messages `n-<n>` for each `n` of `numbers`;
+/// returns the numbers the stream acknowledged.
+pub fn steady_writer(
+    nats_url: String,
+    numbers: std::ops::Range<usize>,
+) -> tokio::task::JoinHandle<Vec<usize>> {
+    tokio::spawn(async move {
+        let client = async_nats::connect(nats_url).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let mut acked = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        for n in numbers {
+            tick.tick().await;
+            if chat_proto::bus::publish(&js, &client, message(format!("n-{n}")), None)
+                .await
+                .is_ok()
+            {
+                acked.push(n);
+            }
+        }
+        acked
+    })
+}
+
+/// `(missing, duplicated)`: acked numbers not among `contents`, and contents stored more than
+/// once.
+pub fn missing_and_duplicated(acked: &[usize], contents: &[String]) -> (usize, usize) {
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for content in contents {
+        *counts.entry(content).or_default() += 1;
+    }
+    let missing = acked
+        .iter()
+        .filter(|n| !counts.contains_key(format!("n-{n}").as_str()))
+        .count();
+    let duplicated = counts.values().map(|c| c - 1).sum();
+    (missing, duplicated)
 }
