@@ -135,6 +135,26 @@ pub async fn sync(
     Ok(merge(stored, has_more || !complete, events, window, limit))
 }
 
+/// A message as the store has it, or else as the stream's original (it was sent, and is not
+/// stored yet or the worker is down), with the position up to which that is current.
+pub async fn stored_or_original(
+    worker: &WorkerClient,
+    reader: &StreamReader,
+    id: u64,
+) -> Result<(ChatMessage, u64), ReadError> {
+    match worker.message(id).await {
+        Ok(v1::GetMessageReply {
+            message: Some(message),
+            committed_seq,
+        }) => Ok((message, committed_seq)),
+        Ok(reply) if id <= reply.committed_seq => Err(ReadError::NotFound),
+        Ok(_) | Err(CallError::Unavailable) => {
+            Ok((reader.original(id).await?.ok_or(ReadError::NotFound)?, id))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// A message as it is now: the store's row (or, beyond the store, the stream's original), with
 /// every edit and delete the stream holds beyond the store's position folded in.
 pub async fn current_message(
@@ -142,17 +162,7 @@ pub async fn current_message(
     reader: &StreamReader,
     id: u64,
 ) -> Result<ChatMessage, ReadError> {
-    let (base, known_through) = match worker.message(id).await {
-        Ok(v1::GetMessageReply {
-            message: Some(message),
-            committed_seq,
-        }) => (message, committed_seq),
-        Ok(reply) if id <= reply.committed_seq => return Err(ReadError::NotFound),
-        Ok(_) | Err(CallError::Unavailable) => {
-            (reader.original(id).await?.ok_or(ReadError::NotFound)?, id)
-        }
-        Err(error) => return Err(error.into()),
-    };
+    let (base, known_through) = stored_or_original(worker, reader, id).await?;
     let (events, _) = reader
         .events_after(
             &base.conversation_id,

@@ -26,6 +26,15 @@ pub enum CallError {
     Malformed,
 }
 
+/// What a conversation look-up includes besides the conversation.
+#[derive(Debug, Clone, Copy)]
+pub enum Detail<'a> {
+    /// The first 100 participants, and this user's read marker.
+    ForReader(&'a str),
+    /// Every participant (up to 10,000), for `room:online`.
+    AllParticipants,
+}
+
 /// A client of the worker's API; a cheap `Clone`.
 #[derive(Clone, Debug)]
 pub struct WorkerClient {
@@ -95,16 +104,20 @@ impl WorkerClient {
         Ok(reply.conversations)
     }
 
-    /// One conversation, with every participant's id when `all_participants` (else the first
-    /// 100).
+    /// One conversation, as `detail` asks.
     pub async fn conversation(
         &self,
         conversation_id: &str,
-        all_participants: bool,
+        detail: Detail<'_>,
     ) -> Result<v1::Conversation, CallError> {
+        let (all_participants, user_id) = match detail {
+            Detail::ForReader(user_id) => (false, user_id.to_owned()),
+            Detail::AllParticipants => (true, String::new()),
+        };
         let request = v1::ConversationInfoRequest {
             conversation_id: conversation_id.to_owned(),
             all_participants,
+            user_id,
         };
         let reply: v1::ConversationInfoReply = self.call(rpc::CONVERSATION_INFO, &request).await?;
         reply.conversation.ok_or(CallError::Malformed)
@@ -144,6 +157,23 @@ impl WorkerClient {
     ) -> Result<v1::Conversation, CallError> {
         let reply: v1::ConversationReply = self.call(subject, request).await?;
         reply.conversation.ok_or(CallError::Malformed)
+    }
+
+    /// Records that `user_id` has read `conversation_id` up to `message_id` (a marker only moves
+    /// forward).
+    pub async fn mark_read(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        message_id: u64,
+    ) -> Result<(), CallError> {
+        let request = v1::MarkReadRequest {
+            user_id: user_id.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            message_id,
+        };
+        let _: v1::MarkReadReply = self.call(rpc::MARK_READ, &request).await?;
+        Ok(())
     }
 
     /// A page of history from the store, with the store's committed position.

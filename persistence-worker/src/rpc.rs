@@ -167,9 +167,12 @@ impl<S: Store> Handlers<S> {
                     .await?;
                 let mut size = 0;
                 conversations.retain(|c| {
-                    size += c.encoded_len() + 8;
+                    // With room for a read marker.
+                    size += c.encoded_len() + 8 + 11;
                     size <= self.max_reply_bytes
                 });
+                self.add_read_markers(&r.user_id, &mut conversations)
+                    .await?;
                 v1::ListConversationsReply { conversations }.encode_to_vec()
             }
             rpc::CONVERSATION_INFO => {
@@ -191,10 +194,24 @@ impl<S: Store> Handlers<S> {
                     size += id.len() + 8;
                     size <= self.max_reply_bytes
                 });
+                if !r.user_id.is_empty() {
+                    self.add_read_markers(&r.user_id, std::slice::from_mut(&mut conversation))
+                        .await?;
+                }
                 v1::ConversationInfoReply {
                     conversation: Some(conversation),
                 }
                 .encode_to_vec()
+            }
+            rpc::MARK_READ => {
+                let r = v1::MarkReadRequest::decode(payload)?;
+                if r.message_id == 0 || i64::try_from(r.message_id).is_err() {
+                    return Err(Failure::Invalid("no such message id".into()));
+                }
+                self.store
+                    .mark_read(&r.user_id, &r.conversation_id, r.message_id)
+                    .await?;
+                v1::MarkReadReply {}.encode_to_vec()
             }
             rpc::CREATE_CONVERSATION => {
                 let conversation = self
@@ -242,6 +259,20 @@ impl<S: Store> Handlers<S> {
             _ => return Err(Failure::Invalid(format!("unknown request {subject}"))),
         };
         Ok(Bytes::from(reply))
+    }
+
+    /// Sets `user_id`'s read marker on each of `conversations`.
+    async fn add_read_markers(
+        &self,
+        user_id: &str,
+        conversations: &mut [v1::Conversation],
+    ) -> Result<(), Failure> {
+        let ids: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
+        let markers = self.store.read_markers(user_id, &ids).await?;
+        for conversation in conversations {
+            conversation.last_read_message_id = markers.get(&conversation.id).copied();
+        }
+        Ok(())
     }
 
     /// Stores an event durably, applies it to the store, and announces it on the conversation.
@@ -323,6 +354,7 @@ impl<S: Store> Handlers<S> {
             created_at_ms: timestamp::now_ms(),
             num_participants: u32::try_from(participant_ids.len()).unwrap_or(u32::MAX),
             participant_ids,
+            last_read_message_id: None,
         };
         let created = v1::ConversationCreated {
             conversation: Some(conversation),

@@ -304,6 +304,8 @@ pub struct ConversationJson<'a> {
     created_at: String,
     participant_ids: &'a [String],
     num_participants: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_read_message_id: Option<u64>,
 }
 
 impl<'a> From<&'a v1::Conversation> for ConversationJson<'a> {
@@ -316,6 +318,7 @@ impl<'a> From<&'a v1::Conversation> for ConversationJson<'a> {
             created_at: iso8601(c.created_at_ms),
             participant_ids: &c.participant_ids,
             num_participants: c.num_participants,
+            last_read_message_id: c.last_read_message_id,
         }
     }
 }

@@ -35,6 +35,8 @@ pub mod rpc {
     pub const HISTORY: &str = "chat.rpc.history";
     /// `GetMessageRequest` → `GetMessageReply`.
     pub const GET_MESSAGE: &str = "chat.rpc.message.get";
+    /// `MarkReadRequest` → `MarkReadReply`.
+    pub const MARK_READ: &str = "chat.rpc.conversation.mark-read";
     /// Every subject above, for the worker to subscribe to.
     pub const ALL: &[&str] = &[
         MEMBERSHIP,
@@ -45,6 +47,7 @@ pub mod rpc {
         LEAVE_CONVERSATION,
         HISTORY,
         GET_MESSAGE,
+        MARK_READ,
     ];
     /// Header set on a reply that carries an `RpcError` instead of the expected reply.
     pub const ERROR_HEADER: &str = "Chat-Error";

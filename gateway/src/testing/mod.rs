@@ -95,14 +95,18 @@ pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Runnin
             panic!("worker failed: {error}");
         }
     });
-    // The worker owns the stream: wait until it exists.
+    // The worker owns the stream: wait until it exists and the worker answers requests (a
+    // gateway refuses connections while no worker answers).
     let client = async_nats::connect(nats_url).await.expect("nats is up");
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
+    let worker = crate::worker::WorkerClient::new(client, Duration::from_secs(1));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while js.get_stream(chat_proto::subjects::STREAM).await.is_err() {
+    while js.get_stream(chat_proto::subjects::STREAM).await.is_err()
+        || worker.membership("probe", "probe").await.is_err()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the worker did not create the stream"
+            "the worker did not create the stream and answer"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

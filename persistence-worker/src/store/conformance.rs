@@ -18,6 +18,7 @@ pub async fn check_all<S: Store>(store: &S) {
     a_large_conversation_pages_whole(store).await;
     membership_follows_the_newest_change(store).await;
     ids_full_of_odd_characters_round_trip(store).await;
+    read_markers_only_move_forward(store).await;
 }
 
 fn event(conversation_id: &str, seq: u64, kind: Kind) -> ConversationEvent {
@@ -251,4 +252,32 @@ async fn ids_full_of_odd_characters_round_trip<S: Store>(store: &S) {
             (*c, *c)
         );
     }
+}
+
+async fn read_markers_only_move_forward<S: Store>(store: &S) {
+    let odd = "read: it's ünïcødé 🙂";
+    let rooms = ["read-1".to_owned(), "read-2".to_owned(), odd.to_owned()];
+    assert!(store.read_markers("bob", &rooms).await.unwrap().is_empty());
+    store.mark_read("bob", "read-1", 40).await.unwrap();
+    store.mark_read("bob", "read-1", 30).await.unwrap(); // Late and older: ignored.
+    store.mark_read("bob", odd, 7).await.unwrap();
+    store.mark_read("carol", "read-2", 99).await.unwrap();
+    let bobs = store.read_markers("bob", &rooms).await.unwrap();
+    let expected = [("read-1".to_owned(), 40), (odd.to_owned(), 7)];
+    assert_eq!(
+        bobs,
+        expected.into_iter().collect(),
+        "each user's own markers"
+    );
+    store.mark_read("bob", "read-1", 41).await.unwrap();
+    let one = store.read_markers("bob", &rooms[..1]).await.unwrap();
+    assert_eq!(one.get("read-1"), Some(&41));
+    // Many conversations at once (a user's whole list).
+    let many: Vec<String> = (0..250).map(|i| format!("read-many-{i}")).collect();
+    for (i, c) in many.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        store.mark_read("dave", c, i as u64 + 1).await.unwrap();
+    }
+    let daves = store.read_markers("dave", &many).await.unwrap();
+    assert_eq!(daves.len(), 84);
+    assert_eq!(daves.get("read-many-249"), Some(&250));
 }

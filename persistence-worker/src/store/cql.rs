@@ -6,7 +6,8 @@
 //! write at once. Nothing is ever deleted: a deleted message is a tombstone row (`deleted`), whose
 //! content reads as empty even if an edit arrived after the delete. No lightweight transaction is
 //! needed on the write path; the one LWT is in [`migrations`], so that two workers starting at
-//! once apply each schema version once.
+//! once apply each schema version once. Read markers use the same rule with the message id as
+//! the timestamp: the highest marker wins, with no read before the write.
 //!
 //! Messages are partitioned by conversation and bucket, clustered by position. The bucket is the
 //! message id (its stream sequence) divided by [`BUCKET_SPAN`]: a partition never holds more than
@@ -16,6 +17,7 @@
 
 pub mod migrations;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent, conversation_event::Kind};
@@ -30,6 +32,8 @@ use super::{Membership, Page, Store, StoreError, StoredConversation, Window};
 pub const BUCKET_SPAN: u64 = 1 << 16;
 /// Statements of one call in flight at once.
 const WRITE_CONCURRENCY: usize = 64;
+/// Conversations a read-marker query names (`IN`), within one partition.
+const READ_MARKERS_PER_QUERY: usize = 100;
 
 fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} is out of range")))
@@ -51,6 +55,8 @@ struct Statements {
     set_user_conversation: PreparedStatement,
     set_position: PreparedStatement,
     position: PreparedStatement,
+    mark_read: PreparedStatement,
+    read_markers: PreparedStatement,
     conversation: PreparedStatement,
     member: PreparedStatement,
     members: PreparedStatement,
@@ -140,6 +146,17 @@ impl CqlStore {
             )
             .await?,
             position: prepare("SELECT seq FROM positions WHERE name = 'committed'").await?,
+            // The message id is the write timestamp: the highest marker wins.
+            mark_read: prepare(
+                "INSERT INTO read_markers (user_id, conversation_id, message_id) VALUES (?, ?, ?) \
+                 USING TIMESTAMP ?",
+            )
+            .await?,
+            read_markers: prepare(
+                "SELECT conversation_id, message_id FROM read_markers \
+                 WHERE user_id = ? AND conversation_id IN ?",
+            )
+            .await?,
             conversation: prepare(
                 "SELECT body, password_hash, seq FROM conversations WHERE id = ?",
             )
@@ -423,6 +440,38 @@ impl Store for CqlStore {
                 .await?;
         }
         Ok(())
+    }
+
+    async fn mark_read(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        message_id: u64,
+    ) -> Result<(), StoreError> {
+        let id = to_i64(message_id)?;
+        self.write(
+            &self.statements.mark_read,
+            (user_id, conversation_id, id, id),
+        )
+        .await
+    }
+
+    async fn read_markers(
+        &self,
+        user_id: &str,
+        conversation_ids: &[String],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let mut markers = HashMap::new();
+        for chunk in conversation_ids.chunks(READ_MARKERS_PER_QUERY) {
+            let rows: Vec<(String, i64)> = self
+                .rows(&self.statements.read_markers, (user_id, chunk))
+                .await?;
+            markers.extend(
+                rows.into_iter()
+                    .map(|(id, marker)| (id, u64::try_from(marker).unwrap_or(0))),
+            );
+        }
+        Ok(markers)
     }
 
     async fn membership(

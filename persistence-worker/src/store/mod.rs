@@ -13,6 +13,7 @@ pub mod conformance;
 pub mod cql;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
@@ -135,6 +136,23 @@ pub trait Store: Send + Sync + 'static {
         window: Window,
         limit: u32,
     ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Records that `user_id` has read `conversation_id` up to `message_id`; a marker only moves
+    /// forward, whatever order the calls arrive in.
+    fn mark_read(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        message_id: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// `user_id`'s read markers in `conversation_ids`, by conversation (none where nothing is
+    /// read).
+    fn read_markers(
+        &self,
+        user_id: &str,
+        conversation_ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, u64>, StoreError>> + Send;
 
     /// One message by id, as it is now (edited, or a tombstone).
     fn message(

@@ -7,6 +7,7 @@
 //! Queries run on the blocking pool, never on the async workers. The schema is versioned with
 //! `PRAGMA user_version`; [`MIGRATIONS`] are applied in order at open.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::{LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation, Window};
 
 /// The schema, one entry a version: entry `i` takes the store from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE conversations (
     id TEXT PRIMARY KEY,
     title TEXT NOT NULL,
@@ -50,7 +52,16 @@ CREATE TABLE positions (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE read_markers (
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+"#,
+];
 
 /// Takes the exclusive lock of the store at `path` (a file beside it, so that SQLite's own locks
 /// on the database are never touched).
@@ -303,6 +314,7 @@ fn load_conversation(
             created_at_ms,
             participant_ids,
             num_participants,
+            last_read_message_id: None,
         },
         password_hash,
     }))
@@ -344,6 +356,50 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+        message_id: u64,
+    ) -> Result<(), StoreError> {
+        let (user_id, conversation_id) = (user_id.to_owned(), conversation_id.to_owned());
+        let message_id = to_i64(message_id)?;
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO read_markers (user_id, conversation_id, message_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, conversation_id)
+                 DO UPDATE SET message_id = MAX(message_id, excluded.message_id)",
+            )?
+            .execute(params![user_id, conversation_id, message_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_markers(
+        &self,
+        user_id: &str,
+        conversation_ids: &[String],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let (user_id, conversation_ids) = (user_id.to_owned(), conversation_ids.to_vec());
+        self.with(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT message_id FROM read_markers WHERE user_id = ?1 AND conversation_id = ?2",
+            )?;
+            let mut markers = HashMap::new();
+            for conversation_id in conversation_ids {
+                let marker: Option<i64> = statement
+                    .query_row(params![user_id, conversation_id], |row| row.get(0))
+                    .optional()?;
+                if let Some(marker) = marker {
+                    markers.insert(conversation_id, u64::try_from(marker).unwrap_or(0));
+                }
+            }
+            Ok(markers)
         })
         .await
     }

@@ -1,4 +1,7 @@
-//! `message:delivered` and `message:read`: told live to the conversation's members, not stored.
+//! `message:delivered` and `message:read`: told live to the conversation's members. A read of a
+//! message of the conversation also moves the reader's read marker (stored by the worker, forward
+//! only) before it is told, so a `message:read` acked is a marker that `room:list` and
+//! `room:info` return on every device.
 
 use chat_proto::bus;
 use chat_proto::client::ReceiptData;
@@ -7,6 +10,7 @@ use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
+use crate::history;
 use crate::session::Session;
 use crate::validation;
 
@@ -18,6 +22,25 @@ impl Session {
     ) -> Result<Reply, RequestError> {
         validation::conversation_id(&data.conversation_id)?;
         self.require_member(&data.conversation_id).await?;
+        if read {
+            // A marker only moves forward: one past the conversation's messages would hide
+            // every later message from the reader's unread count.
+            let shared = &self.gateway.shared;
+            let (message, _) =
+                history::stored_or_original(&shared.worker, &shared.reader, data.message_id)
+                    .await?;
+            if message.conversation_id != data.conversation_id {
+                return Err(RequestError::not_found("no such message"));
+            }
+            shared
+                .worker
+                .mark_read(
+                    &self.identity.user_id,
+                    &data.conversation_id,
+                    data.message_id,
+                )
+                .await?;
+        }
         let receipt = v1::MessageReceipt {
             user_id: self.identity.user_id.to_string(),
             message_id: data.message_id,

@@ -10,6 +10,7 @@ use super::Reply;
 use crate::error::RequestError;
 use crate::session::Session;
 use crate::validation;
+use crate::worker::Detail;
 
 impl Session {
     /// Joins this user's local sockets to a conversation before the ack; the user event that
@@ -78,7 +79,10 @@ impl Session {
         let shared = &self.gateway.shared;
         let conversation = shared
             .worker
-            .conversation(&data.conversation_id, false)
+            .conversation(
+                &data.conversation_id,
+                Detail::ForReader(&self.identity.user_id),
+            )
             .await?;
         if conversation.private {
             self.require_member(&conversation.id).await?;
@@ -97,7 +101,7 @@ impl Session {
         // Every member, not the first 100 a conversation carries.
         let conversation = shared
             .worker
-            .conversation(&data.conversation_id, true)
+            .conversation(&data.conversation_id, Detail::AllParticipants)
             .await?;
         let mut user_ids = router
             .routers()

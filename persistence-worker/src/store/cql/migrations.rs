@@ -13,33 +13,42 @@ use scylla::value::{CqlValue, Row};
 use crate::store::StoreError;
 
 /// The schema, version by version; a version once released never changes.
-pub const MIGRATIONS: &[(i32, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS messages (
+pub const MIGRATIONS: &[(i32, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS messages (
             conversation_id text, bucket bigint, seq bigint,
             body blob, content text, edited_at_ms bigint, deleted boolean,
             PRIMARY KEY ((conversation_id, bucket), seq)
         ) WITH CLUSTERING ORDER BY (seq ASC)",
-        "CREATE TABLE IF NOT EXISTS message_buckets (
+            "CREATE TABLE IF NOT EXISTS message_buckets (
             conversation_id text, bucket bigint,
             PRIMARY KEY (conversation_id, bucket)
         ) WITH CLUSTERING ORDER BY (bucket DESC)",
-        "CREATE TABLE IF NOT EXISTS messages_by_id (seq bigint PRIMARY KEY, conversation_id text)",
-        "CREATE TABLE IF NOT EXISTS conversations (
+            "CREATE TABLE IF NOT EXISTS messages_by_id (seq bigint PRIMARY KEY, conversation_id text)",
+            "CREATE TABLE IF NOT EXISTS conversations (
             id text PRIMARY KEY, body blob, password_hash text, seq bigint
         )",
-        "CREATE TABLE IF NOT EXISTS members_by_conversation (
+            "CREATE TABLE IF NOT EXISTS members_by_conversation (
             conversation_id text, user_id text, active boolean,
             PRIMARY KEY (conversation_id, user_id)
         )",
-        "CREATE TABLE IF NOT EXISTS members_by_user (
+            "CREATE TABLE IF NOT EXISTS members_by_user (
             user_id text, conversation_id text, active boolean,
             PRIMARY KEY (user_id, conversation_id)
         )",
-        "CREATE TABLE IF NOT EXISTS positions (name text PRIMARY KEY, seq bigint)",
-    ],
-)];
+            "CREATE TABLE IF NOT EXISTS positions (name text PRIMARY KEY, seq bigint)",
+        ],
+    ),
+    (
+        2,
+        &["CREATE TABLE IF NOT EXISTS read_markers (
+            user_id text, conversation_id text, message_id bigint,
+            PRIMARY KEY (user_id, conversation_id)
+        )"],
+    ),
+];
 
 /// How long a claim on a version holds before another worker may apply it again.
 const CLAIM_LEASE: Duration = Duration::from_secs(120);
