@@ -48,10 +48,24 @@ pub async fn fresh_store(uri: &str, test: &str) -> (CqlStore, String) {
     migrations::apply(&session, &keyspace, REPLICATION)
         .await
         .expect("the migrations apply");
-    let store = CqlStore::new(session, Consistency::LocalQuorum)
+    (store(session).await, keyspace)
+}
+
+/// Another session's store on `keyspace`, migrated already.
+pub async fn store_in(uri: &str, keyspace: &str) -> CqlStore {
+    let session = SessionBuilder::new()
+        .known_node(uri)
+        .use_keyspace(keyspace, false)
+        .build()
         .await
-        .expect("the statements prepare");
-    (store, keyspace)
+        .expect("the CQL server answers");
+    store(session).await
+}
+
+async fn store(session: scylla::client::session::Session) -> CqlStore {
+    CqlStore::new(session, Consistency::LocalQuorum)
+        .await
+        .expect("the statements prepare")
 }
 
 /// The worker's flags for the CQL store at `uri`, in `keyspace`, migrated at start.

@@ -6,13 +6,12 @@ mod common;
 
 use chat_persistence_worker::store::Store as _;
 use chat_persistence_worker::store::conformance;
-use chat_persistence_worker::store::cql::{CqlStore, migrations};
+use chat_persistence_worker::store::cql::migrations;
 use chat_persistence_worker::testing::{
-    REPLICATION, cql_server, fresh_store, keyspace, worker_flags,
+    REPLICATION, cql_server, fresh_store, keyspace, store_in, worker_flags,
 };
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::statement::Consistency;
 
 async fn session(uri: &str) -> Session {
     SessionBuilder::new()
@@ -108,9 +107,7 @@ async fn the_worker_stores_the_stream_in_the_cql_store() {
     let stored = async |count: usize| {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            let store = CqlStore::new(session_in(&uri, &keyspace).await, Consistency::LocalQuorum)
-                .await
-                .unwrap();
+            let store = store_in(&uri, &keyspace).await;
             let page = store
                 .history("c1", chat_persistence_worker::store::Window::After(0), 100)
                 .await
@@ -143,15 +140,6 @@ async fn the_worker_stores_the_stream_in_the_cql_store() {
     );
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
-}
-
-async fn session_in(uri: &str, keyspace: &str) -> Session {
-    SessionBuilder::new()
-        .known_node(uri)
-        .use_keyspace(keyspace, false)
-        .build()
-        .await
-        .expect("the CQL server answers")
 }
 
 /// With several writers an edit may be written before the message it edits: the row it leaves is

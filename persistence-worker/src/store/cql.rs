@@ -26,7 +26,7 @@ use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Membership, Page, Store, StoreError, StoredConversation, Window};
+use super::{Membership, Page, Store, StoreError, StoredConversation, Window, stored_body};
 
 /// Message ids per bucket (a power of two).
 pub const BUCKET_SPAN: u64 = 1 << 16;
@@ -245,12 +245,11 @@ impl CqlStore {
                     return Ok(());
                 };
                 let bucket = bucket(event.seq);
-                let body = message.encode_to_vec();
                 let row = (
                     conversation_id,
                     bucket,
                     seq,
-                    body,
+                    stored_body(message),
                     message.content.as_str(),
                     seq,
                 );

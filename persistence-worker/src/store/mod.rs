@@ -55,6 +55,17 @@ impl StoreError {
 
 pub use chat_proto::history::Window;
 
+/// A message as its row's body holds it: everything but the content, which has a column of its
+/// own (edits and deletes change it), so the text is stored once.
+pub(crate) fn stored_body(message: &ChatMessage) -> Vec<u8> {
+    use prost::Message as _;
+    ChatMessage {
+        content: String::new(),
+        ..message.clone()
+    }
+    .encode_to_vec()
+}
+
 /// Participant ids a conversation carries in events and answers (large rooms are cut).
 pub const LISTED_PARTICIPANTS: u32 = 100;
 /// Participant ids read for an answer that needs them all (`room:online`).

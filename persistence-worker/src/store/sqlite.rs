@@ -16,7 +16,10 @@ use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation, Window};
+use super::{
+    LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation, Window,
+    stored_body,
+};
 
 /// The schema, one entry a version: entry `i` takes the store from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -175,7 +178,7 @@ fn apply_event(tx: &Transaction<'_>, event: &ConversationEvent) -> Result<(), St
             .execute(params![
                 seq,
                 conversation_id,
-                message.encode_to_vec(),
+                stored_body(message),
                 message.content
             ])?;
         }

@@ -48,6 +48,20 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             PRIMARY KEY (user_id, conversation_id)
         )"],
     ),
+    (
+        // The small tables read on every connection and overwritten in place (memberships, read
+        // markers): leveled compaction keeps a partition in few SSTables. The message tables keep
+        // size-tiered compaction (the default): they are appended to and seldom read.
+        3,
+        &[
+            "ALTER TABLE conversations WITH compaction = {'class': 'LeveledCompactionStrategy'}",
+            "ALTER TABLE members_by_conversation \
+             WITH compaction = {'class': 'LeveledCompactionStrategy'}",
+            "ALTER TABLE members_by_user \
+             WITH compaction = {'class': 'LeveledCompactionStrategy'}",
+            "ALTER TABLE read_markers WITH compaction = {'class': 'LeveledCompactionStrategy'}",
+        ],
+    ),
 ];
 
 /// How long a claim on a version holds before another worker may apply it again.
