@@ -40,6 +40,7 @@ else
     exit 1
   fi
   export CASSANDRA_URI
+  export CASSANDRA_TLS_CA="$cassandra_dir/tls/ca.pem"
   echo "store tests: Apache Cassandra at $CASSANDRA_URI (started in $(($(date +%s) - started)) s; set SCYLLA_URI to use ScyllaDB instead)"
 fi
 cargo test --workspace --locked

@@ -5,9 +5,11 @@
 #   cassandra.sh install      copies cassandra-all and its dependencies (version: pom.xml beside
 #                             this file) into the jar cache, once; installs OpenJDK 17 and Maven
 #                             from the OS packages (Debian/Ubuntu) when missing
-#   cassandra.sh start DIR    writes DIR/cassandra.yaml (free ports on 127.0.0.1), starts the node in
-#                             the background (DIR/cassandra.log, DIR/cassandra.pid), waits until it
-#                             answers CQL, and prints `127.0.0.1:<native port>` as its last line
+#   cassandra.sh start DIR    writes DIR/cassandra.yaml (free ports on 127.0.0.1) and a test CA and
+#                             node certificate (DIR/tls/ca.pem: the node takes TLS and plain
+#                             connections on the same port), starts the node in the background
+#                             (DIR/cassandra.log, DIR/cassandra.pid), waits until it answers CQL,
+#                             and prints `127.0.0.1:<native port>` as its last line
 #   cassandra.sh stop DIR     SIGTERM, SIGKILL after CASSANDRA_STOP_TIMEOUT s; waits for the exit
 #
 # Environment: CASSANDRA_CACHE (jar cache; default ${XDG_CACHE_HOME:-$HOME/.cache}/chat/cassandra-<version>),
@@ -133,6 +135,28 @@ alive() {
   [ "$state" != "Z" ]
 }
 
+# A throwaway CA (DIR/tls/ca.pem) and a node certificate it signs for 127.0.0.1 (an IP address
+# SAN: the drivers verify nodes by address), in the PKCS12 keystore DIR/tls/node.p12.
+make_tls() {
+  local dir="$1" java="$2" kt pw=chat-test-tls
+  kt="$(dirname "$(readlink -f "$java")")/keytool"
+  [ -x "$kt" ] || die "no keytool beside $java"
+  rm -rf "$dir/tls"
+  mkdir -p "$dir/tls"
+  (
+    cd "$dir/tls"
+    local ec=(-keyalg EC -groupname secp256r1 -validity 30 -storetype PKCS12 -storepass "$pw")
+    "$kt" -genkeypair -alias ca "${ec[@]}" -dname "CN=chat test CA" -ext bc:c -keystore ca.p12
+    "$kt" -exportcert -rfc -alias ca -keystore ca.p12 -storepass "$pw" >ca.pem
+    "$kt" -genkeypair -alias node "${ec[@]}" -dname "CN=127.0.0.1" -keystore node.p12
+    "$kt" -certreq -alias node -keystore node.p12 -storepass "$pw" \
+      | "$kt" -gencert -alias ca -keystore ca.p12 -storepass "$pw" -rfc -validity 30 \
+          -ext san=ip:127.0.0.1 -ext eku=serverAuth >node.pem
+    "$kt" -importcert -noprompt -alias ca -file ca.pem -keystore node.p12 -storepass "$pw"
+    "$kt" -importcert -alias node -file node.pem -keystore node.p12 -storepass "$pw"
+  ) >"$dir/tls/keytool.log" 2>&1 || { cat "$dir/tls/keytool.log" >&2; die "keytool failed"; }
+}
+
 write_config() {
   local dir="$1" native="$2" storage="$3"
   cat >"$dir/cassandra.yaml" <<EOF
@@ -175,6 +199,13 @@ counter_write_request_timeout: 10000ms
 cas_contention_timeout: 5000ms
 truncate_request_timeout: 60000ms
 request_timeout: 20000ms
+# TLS and plain connections on the one CQL port (the TLS tests verify the node with tls/ca.pem).
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: $dir/tls/node.p12
+  keystore_password: chat-test-tls
+  store_type: PKCS12
 EOF
   cat >"$dir/logback.xml" <<'EOF'
 <configuration>
@@ -255,6 +286,7 @@ cmd_start() {
   local lib="$cache/lib" timeout="${CASSANDRA_START_TIMEOUT:-180}"
   local attempt native storage pid began
   began="$(date +%s)"
+  make_tls "$dir" "$java"
   for attempt in 1 2 3; do
     read -r native storage <<<"$(free_ports 2)"
     mkdir -p "$dir/data" "$dir/logs" "$dir/triggers"

@@ -100,6 +100,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_SCYLLA_PASSWORD", hide_env_values = true)]
     pub scylla_password: Option<String>,
 
+    /// PEM file of the CA that signed the CQL nodes' certificates: connects to every node with
+    /// TLS and verifies it against this CA (a node's certificate must name its IP address, as
+    /// the driver connects by address). Without it, connections are not encrypted.
+    #[arg(long, env = "CHAT_SCYLLA_TLS_CA")]
+    pub scylla_tls_ca: Option<PathBuf>,
+
     /// Apply the CQL store's schema migrations at start (`chat-persistence-worker migrate` applies
     /// them and exits).
     #[arg(long, env = "CHAT_MIGRATE")]
@@ -334,6 +340,8 @@ mod tests {
         );
         assert_eq!(refused(&["--scylla-keyspace", "1chat"]), "scylla-keyspace");
         assert_eq!(refused(&["--scylla-user", "chat"]), "scylla-user");
+        let no_ca = ["worker", "--store", "scylla", "--scylla-tls-ca", ""];
+        assert!(Config::try_parse_from(no_ca).is_err(), "an empty CA path");
         // SQLite does not look at them.
         assert_eq!(validate(&["--scylla-nodes", "nonsense"]), Ok(()));
     }

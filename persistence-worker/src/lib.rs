@@ -102,6 +102,9 @@ pub async fn cql_store(config: &Config, migrate: bool) -> Result<CqlStore, Worke
     if let (Some(user), Some(password)) = (&config.scylla_user, &config.scylla_password) {
         builder = builder.user(user, password);
     }
+    if let Some(ca) = &config.scylla_tls_ca {
+        builder = builder.tls_context(Some(store::cql::tls::client_config(ca)?));
+    }
     let session = builder.build().await.map_err(StoreError::database)?;
     let keyspace = &config.scylla_keyspace;
     if migrate {

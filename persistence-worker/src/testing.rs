@@ -31,6 +31,26 @@ pub fn cql_server(test: &str) -> Option<String> {
     Some(uri)
 }
 
+/// The PEM file of the CA that signed the test server's certificate (`SCYLLA_TLS_CA` with
+/// `SCYLLA_URI`, else `CASSANDRA_TLS_CA`, which the test command sets). `None`, after saying that
+/// `test` was skipped, outside CI without it; in CI with the Cassandra node a missing CA fails.
+pub fn cql_tls_ca(test: &str) -> Option<std::path::PathBuf> {
+    let variable = if std::env::var_os("SCYLLA_URI").is_some() {
+        "SCYLLA_TLS_CA"
+    } else {
+        "CASSANDRA_TLS_CA"
+    };
+    if let Some(ca) = std::env::var_os(variable) {
+        return Some(ca.into());
+    }
+    assert!(
+        variable == "SCYLLA_TLS_CA" || std::env::var_os("CI").is_none(),
+        "CI runs the TLS test: the test command starts the node with TLS and sets {variable}"
+    );
+    eprintln!("{test}: skipped, no TLS CA (set {variable} to the server's CA file)");
+    None
+}
+
 /// A fresh keyspace name for one test.
 pub fn keyspace(test: &str) -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();

@@ -8,7 +8,7 @@ use chat_persistence_worker::store::Store as _;
 use chat_persistence_worker::store::conformance;
 use chat_persistence_worker::store::cql::migrations;
 use chat_persistence_worker::testing::{
-    REPLICATION, cql_server, fresh_store, keyspace, store_in, worker_flags,
+    REPLICATION, cql_server, cql_tls_ca, fresh_store, keyspace, store_in, worker_flags,
 };
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -204,4 +204,61 @@ async fn an_edit_written_before_its_message_is_skipped_then_applied() {
         first.content, "edited 1",
         "the newer edit wins over the later-written creation"
     );
+}
+
+/// With `--scylla-tls-ca` the worker reaches the node over TLS, verified against that CA. A CA
+/// that did not sign the node's certificate is refused (so the connection really is TLS: the node
+/// also takes plain connections), and so is a CA file that holds no certificate.
+#[tokio::test]
+async fn tls_verifies_the_node_against_the_ca() {
+    use chat_persistence_worker::store::{StoreError, Window};
+    use clap::Parser as _;
+    let Some(uri) = cql_server("tls_verifies_the_node_against_the_ca") else {
+        return;
+    };
+    let Some(ca) = cql_tls_ca("tls_verifies_the_node_against_the_ca") else {
+        return;
+    };
+    let keyspace = keyspace("tls");
+    let config = |ca: &std::path::Path| {
+        let flags = worker_flags(&uri, &keyspace);
+        let args = ["worker"]
+            .into_iter()
+            .chain(flags.iter().map(String::as_str))
+            .chain(["--scylla-tls-ca", ca.to_str().unwrap()]);
+        chat_persistence_worker::Config::try_parse_from(args).unwrap()
+    };
+    let store = chat_persistence_worker::cql_store(&config(&ca), true)
+        .await
+        .expect("the node is reached over TLS");
+    // As the consumer gets it: at stream position 7.
+    let encoded = prost::Message::encode_to_vec(&common::message("over TLS".into()));
+    let event = chat_proto::bus::decode_event(&encoded, Some(7)).unwrap();
+    store.apply(vec![event], Some(7)).await.unwrap();
+    let page = store.history("c1", Window::Newest, 10).await.unwrap();
+    let stored: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| (m.id, m.content.as_str()))
+        .collect();
+    assert_eq!(stored, [(7, "over TLS")]);
+
+    let other = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/other-ca.pem");
+    let refused = chat_persistence_worker::cql_store(&config(&other), false)
+        .await
+        .err()
+        .expect("a node whose certificate another CA signed is refused");
+    println!("another CA: {refused}");
+    assert!(
+        refused.to_string().contains("certificate"),
+        "the error says why: {refused}"
+    );
+
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    match chat_persistence_worker::cql_store(&config(empty.path()), false).await {
+        Err(chat_persistence_worker::WorkerError::Store(StoreError::Tls(reason))) => {
+            assert!(reason.contains("no certificate"), "{reason}");
+        }
+        other => panic!("expected a TLS error, got {:?}", other.err()),
+    }
 }

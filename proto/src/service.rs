@@ -57,7 +57,13 @@ pub async fn shutdown_signal() {
 
 /// The NATS options every service starts from: its connection name, retries from the first
 /// attempt (NATS may start after it), a bounded connect, and every connection event logged.
+///
+/// It also chooses the process's TLS crypto provider (rustls's default, aws-lc-rs), once: the
+/// workspace compiles in two (the CQL store's and NATS's), and with two rustls picks none by
+/// itself, so a `tls://` NATS URL would fail.
 pub fn nats_options(name: impl std::fmt::Display) -> async_nats::ConnectOptions {
+    // An error means a provider is installed already: that one stays.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()

@@ -16,6 +16,7 @@
 //! conversation.
 
 pub mod migrations;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// Another process holds the store.
     #[error("{0}")]
     InUse(String),
+    /// TLS to the database cannot be set up (a CA file that cannot be read or holds no
+    /// certificate).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The store's schema is newer than this binary knows.
     #[error("store schema version {found} is newer than this worker's {known}")]
     SchemaTooNew {
