@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod import;
 mod password;
 pub mod rpc;
 pub mod store;

@@ -7,6 +7,8 @@
 //! Queries run on the blocking pool, never on the async workers. The schema is versioned with
 //! `PRAGMA user_version`; [`MIGRATIONS`] are applied in order at open.
 
+mod export;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,8 @@ use chat_proto::v1::conversation_event::Kind;
 use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+pub use export::Exported;
 
 use super::{
     LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation, Window,
