@@ -7,6 +7,9 @@
 //!    workers (in this process, each with its own NATS connection and store session) store them
 //!    all, end to end: pull, decode, write, ack, commit.
 //!
+//! 3. **Room lists**: the conversations of a member of 50 rooms of 1,000 members each (what
+//!    `room:list` and every connection ask), 50 times.
+//!
 //! SQLite always (one writer: it allows one worker); the CQL store too when `CASSANDRA_URI` or
 //! `SCYLLA_URI` (host:port) names a server.
 
@@ -276,10 +279,57 @@ async fn drain(name: &str, workers: usize, flags: &[String]) {
     );
 }
 
+/// Times `room:list` of a member of 50 rooms of 1,000 members.
+async fn room_lists(name: &str, store: &impl Store) {
+    use chat_proto::v1::{Conversation, ConversationCreated};
+    let members: Vec<String> = (0..1_000).map(|n| format!("member-{n:04}")).collect();
+    let rooms = (0..50).map(|r| {
+        let conversation = Conversation {
+            id: format!("big-{r}"),
+            title: format!("room {r}"),
+            created_by: members[0].clone(),
+            participant_ids: members.clone(),
+            ..Default::default()
+        };
+        ConversationEvent {
+            seq: 10_000_000 + r,
+            conversation_id: format!("big-{r}"),
+            kind: Some(Kind::ConversationCreated(ConversationCreated {
+                conversation: Some(conversation),
+                password_hash: None,
+            })),
+        }
+    });
+    store
+        .apply(rooms.collect(), None)
+        .await
+        .expect("the rooms are written");
+    let mut latency = Histogram::<u64>::new(3).expect("a histogram");
+    for _ in 0..50 {
+        let at = Instant::now();
+        let listed = store
+            .conversations_of(&members[500], 500)
+            .await
+            .expect("the rooms are read");
+        assert_eq!(listed.len(), 50);
+        assert!(listed.iter().all(|c| c.num_participants == 1_000));
+        latency
+            .record(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX))
+            .expect("in range");
+    }
+    let ms = |q: f64| Duration::from_micros(latency.value_at_quantile(q)).as_secs_f64() * 1e3;
+    println!(
+        "lists   {name:<24} 50 rooms of 1,000: p50 {:.1} ms, p99 {:.1} ms",
+        ms(0.5),
+        ms(0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sqlite = SqliteStore::open(&dir.path().join("bench.db")).expect("the store opens");
+    room_lists("sqlite", &sqlite).await;
     store_writes("sqlite", &[sqlite]).await;
     let drained = dir.path().join("drain.db");
     let flags = ["--db-path", drained.to_str().expect("UTF-8")].map(str::to_owned);
@@ -290,6 +340,7 @@ async fn main() {
         println!("cql: skipped (set CASSANDRA_URI or SCYLLA_URI to host:port)");
         return;
     };
+    room_lists("cql", &fresh_store(&uri, "bench_lists").await.0).await;
     for writers in [1, 2] {
         let (first, keyspace) = fresh_store(&uri, "bench_writes").await;
         let mut stores = vec![first];

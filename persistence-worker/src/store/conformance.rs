@@ -19,6 +19,7 @@ pub async fn check_all<S: Store>(store: &S) {
     membership_follows_the_newest_change(store).await;
     ids_full_of_odd_characters_round_trip(store).await;
     read_markers_only_move_forward(store).await;
+    a_big_room_lists_its_first_members_and_counts_them_all(store).await;
 }
 
 fn event(conversation_id: &str, seq: u64, kind: Kind) -> ConversationEvent {
@@ -280,4 +281,56 @@ async fn read_markers_only_move_forward<S: Store>(store: &S) {
     let daves = store.read_markers("dave", &many).await.unwrap();
     assert_eq!(daves.len(), 84);
     assert_eq!(daves.get("read-many-249"), Some(&250));
+}
+
+async fn a_big_room_lists_its_first_members_and_counts_them_all<S: Store>(store: &S) {
+    let c = "big-room";
+    let users: Vec<String> = (0..1_000).map(|n| format!("user-{n:04}")).collect();
+    let conversation = Conversation {
+        id: c.into(),
+        title: "everyone".into(),
+        created_by: users[0].clone(),
+        participant_ids: users.clone(),
+        ..Default::default()
+    };
+    let create = event(
+        c,
+        700,
+        Kind::ConversationCreated(ConversationCreated {
+            conversation: Some(conversation),
+            password_hash: None,
+        }),
+    );
+    // Every tenth of the first 200 left: the first page must skip them.
+    let left = (0..200).step_by(10).map(|n| {
+        let user_id = users[n].clone();
+        event(
+            c,
+            701 + n as u64,
+            Kind::ParticipantRemoved(ParticipantRemoved { user_id, at_ms: 0 }),
+        )
+    });
+    store
+        .apply(std::iter::once(create).chain(left).collect(), None)
+        .await
+        .unwrap();
+    let stayed: Vec<String> = users
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| *n >= 200 || n % 10 != 0)
+        .map(|(_, u)| u.clone())
+        .collect();
+    let listed = store
+        .conversation(c, LISTED_PARTICIPANTS)
+        .await
+        .unwrap()
+        .unwrap()
+        .conversation;
+    assert_eq!(listed.num_participants, 980);
+    assert_eq!(
+        listed.participant_ids,
+        stayed[..LISTED_PARTICIPANTS as usize]
+    );
+    let all = store.conversation(c, 10_000).await.unwrap().unwrap();
+    assert_eq!(all.conversation.participant_ids, stayed);
 }

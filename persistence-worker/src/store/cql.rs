@@ -61,6 +61,7 @@ struct Statements {
     conversation: PreparedStatement,
     member: PreparedStatement,
     members: PreparedStatement,
+    member_count: PreparedStatement,
     user_conversations: PreparedStatement,
     buckets_down: PreparedStatement,
     buckets_up: PreparedStatement,
@@ -167,8 +168,16 @@ impl CqlStore {
                  WHERE conversation_id = ? AND user_id = ?",
             )
             .await?,
+            // Filtered and counted by the node, within one partition: a big room's rows never
+            // cross the network to be counted.
             members: prepare(
-                "SELECT user_id, active FROM members_by_conversation WHERE conversation_id = ?",
+                "SELECT user_id FROM members_by_conversation \
+                 WHERE conversation_id = ? AND active = true LIMIT ? ALLOW FILTERING",
+            )
+            .await?,
+            member_count: prepare(
+                "SELECT COUNT(*) FROM members_by_conversation \
+                 WHERE conversation_id = ? AND active = true ALLOW FILTERING",
             )
             .await?,
             user_conversations: prepare(
@@ -340,14 +349,15 @@ impl CqlStore {
         };
         let mut conversation = Conversation::decode(body.as_slice())
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let members: Vec<(String, bool)> = self.rows(&s.members, (conversation_id,)).await?;
-        let active: Vec<String> = members
-            .into_iter()
-            .filter(|(_, active)| *active)
-            .map(|(user_id, _)| user_id)
-            .collect();
-        conversation.num_participants = u32::try_from(active.len()).unwrap_or(u32::MAX);
-        conversation.participant_ids = active.into_iter().take(max_participants as usize).collect();
+        let limit = i32::try_from(max_participants).unwrap_or(i32::MAX);
+        let (members, count) = futures_util::try_join!(
+            self.rows::<(String,)>(&s.members, (conversation_id, limit)),
+            self.rows::<(i64,)>(&s.member_count, (conversation_id,)),
+        )?;
+        conversation.participant_ids = members.into_iter().map(|(user_id,)| user_id).collect();
+        conversation.num_participants = count
+            .first()
+            .map_or(0, |(n,)| u32::try_from(*n).unwrap_or(u32::MAX));
         let stored = StoredConversation {
             conversation,
             password_hash,
