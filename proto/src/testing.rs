@@ -61,9 +61,20 @@ impl NatsServer {
     fn spawn(&mut self) {
         let binary = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("a log file");
+        // The stream reserves its limit (8 GiB by default) against JetStream's store limit,
+        // which by default is 75% of the free disk: a set limit keeps the tests independent of
+        // how full the machine's disk is.
+        let config = self.dir.path().join("nats.conf");
+        let store_dir = self.store_dir();
+        let store_dir = store_dir.to_str().expect("a UTF-8 temporary path");
+        std::fs::write(
+            &config,
+            format!("jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1TB\n}}\n"),
+        )
+        .expect("the server's configuration is written");
         let child = Command::new(&binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.store_dir())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
+            .arg(&config)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
