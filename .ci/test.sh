@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as a new user or CI runs it on a fresh Debian/Ubuntu machine with Rust:
-# installs what the tests need (nats-server from the OS packages; Java 17 and Maven too when a
+# installs what the tests need (nats-server and haproxy from the OS packages; Java 17 and Maven too when a
 # Cassandra node is to be started and they are missing), then checks formatting and lints, starts
 # the CQL server of the store tests (one Apache Cassandra 5.0 node, unless SCYLLA_URI names a
 # ScyllaDB), and runs every test. Tests start their own nats-server on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/install-nats.sh
+deploy/install-tools.sh nats-server haproxy
 echo "nats-server: $(nats-server --version)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

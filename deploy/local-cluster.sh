@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole product on this machine: nats-server (JetStream), the router, one persistence
-# worker on the embedded store, and two gateways. Prints the WebSocket URLs and development tokens signed with a
-# secret generated for this run. Ctrl-C stops everything.
+# worker on the embedded store, two gateways, and HAProxy in front of them, as a load balancer is
+# in production. Prints the one WebSocket URL (and each gateway's) and development tokens signed
+# with a secret generated for this run. Ctrl-C stops everything.
 #
 #   deploy/local-cluster.sh            # keeps history in .local/cluster between runs
 #   deploy/local-cluster.sh --fresh    # starts from nothing
@@ -9,8 +10,8 @@
 # A process that dies is reported and the others keep running (kill a gateway to try failover:
 # `kill $(cat .local/cluster/gateway-1.pid)`); Ctrl-C stops them all.
 #
-# Ports (environment): NATS_PORT (4222), ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"),
-# ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
+# Ports (environment): LB_PORT (8000: HAProxy), NATS_PORT (4222), ROUTER_PORT (7070),
+# GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
 # and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
 set -euo pipefail
@@ -20,11 +21,12 @@ profile=${PROFILE:-release}
 [ "${1:-}" = "--fresh" ] && rm -rf "$state"
 mkdir -p "$state"
 
-deploy/install-nats.sh
+deploy/install-tools.sh nats-server haproxy
 echo "building ($profile)…"
 cargo build --profile "$profile" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
+lb_port=${LB_PORT:-8000}
 nats_port=${NATS_PORT:-4222}
 router_port=${ROUTER_PORT:-7070}
 router_url="http://127.0.0.1:$router_port"
@@ -36,8 +38,8 @@ export CHAT_JWT_SECRET
 (umask 077 && printf '%s' "$CHAT_JWT_SECRET" >"$state/dev-secret")
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$nats_port" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
-  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set NATS_PORT, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
+for port in "$lb_port" "$nats_port" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
+  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
 done
 
 pids=()
@@ -77,12 +79,46 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# HAProxy: the fewest connections first; a gateway leaves the rotation within 2 s of its
+# /readyz turning false (at the start of a drain) and comes back when ready; WebSockets may stay
+# quiet for a ping interval (30 s) and more; X-Forwarded-For carries the client's address, which
+# the gateways trust from 127.0.0.1. About 9,000 connections: HAProxy holds two descriptors each,
+# under the 20,000 a process may open here.
+{
+  cat <<CFG
+global
+  maxconn 9000
+defaults
+  mode http
+  option forwardfor
+  timeout connect 5s
+  timeout http-request 10s
+  timeout client 60s
+  timeout server 60s
+  timeout tunnel 120s
+  timeout client-fin 5s
+frontend websocket
+  bind 127.0.0.1:$lb_port
+  default_backend gateways
+backend gateways
+  balance leastconn
+  option httpchk GET /readyz
+  http-check expect status 200
+  default-server inter 1s fall 2 rise 2
+CFG
+  for i in 0 1; do
+    echo "  server gateway-$((i + 1)) 127.0.0.1:${gateway_ports[$i]} check port ${admin_ports[$i]}"
+  done
+} >"$state/haproxy.cfg"
+# Started before the gateways, so that Ctrl-C stops it after them: their drain reaches the clients.
+start lb haproxy -db -f "$state/haproxy.cfg"
+
 for i in 0 1; do
   # shellcheck disable=SC2086 # GATEWAY_FLAGS is a list of flags
   start "gateway-$((i + 1))" "$bin"/chat-gateway --nats-url "$nats_url" \
     --listen "127.0.0.1:${gateway_ports[$i]}" --admin-listen "127.0.0.1:${admin_ports[$i]}" \
     --node-id "gateway-$((i + 1))" --allowed-origins '*' --router-urls "$router_url" \
-    ${GATEWAY_FLAGS:-}
+    --trusted-proxies 127.0.0.1 ${GATEWAY_FLAGS:-}
 done
 ready() (
   exec 3<>"/dev/tcp/127.0.0.1/$1"
@@ -95,11 +131,22 @@ for i in 0 1; do
     sleep 0.1
   done
 done
+# Until HAProxy has seen a gateway ready (it answers 503 while it has none).
+routes() (
+  exec 3<>"/dev/tcp/127.0.0.1/$lb_port"
+  printf 'GET /ws HTTP/1.1\r\nhost: local\r\nconnection: close\r\n\r\n' >&3
+  ! head -c 12 <&3 | grep -q 503
+)
+for _ in $(seq 100); do
+  routes 2>/dev/null && break
+  sleep 0.1
+done
 
 token() { "$bin"/chat-gateway dev-token --user "$1" --ttl 24h; }
 cat <<INFO
 
 Chat backend running (logs in $state/):
+  connect to: ws://127.0.0.1:$lb_port/ws    (HAProxy, least connections, health checks on /readyz)
   gateway 1:  ws://127.0.0.1:${gateway_ports[0]}/ws    health http://127.0.0.1:${admin_ports[0]}/readyz
   gateway 2:  ws://127.0.0.1:${gateway_ports[1]}/ws    health http://127.0.0.1:${admin_ports[1]}/readyz
   NATS:       $nats_url (JetStream store in $state/nats)
@@ -112,7 +159,7 @@ Development tokens (HS256, secret generated for this run, valid 24 h):
   more:  CHAT_JWT_SECRET=\$(cat $state/dev-secret) $bin/chat-gateway dev-token --user NAME
 
 Try it (two terminals, with websocat or any WebSocket client):
-  websocat "ws://127.0.0.1:${gateway_ports[0]}/ws?token=<alice's token>"
+  websocat "ws://127.0.0.1:$lb_port/ws?token=<alice's token>"
   {"event":"room:create","requestId":"1","data":{"title":"hi","participantIds":["bob"]}}
   {"event":"message:send","requestId":"2","data":{"conversationId":"<id>","content":"hello"}}
 

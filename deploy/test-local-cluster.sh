@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Tries the local cluster as a person would: start it, kill one gateway, check that it is
-# reported and that the rest keep serving, then Ctrl-C (SIGINT to its process group) and check
-# that every process is gone. Uses free ports and a directory of its own; PROFILE as for
+# Tries the local cluster as a person would: start it, connect through its load balancer, kill
+# one gateway, check that it is reported, that the rest keep serving and that the load balancer
+# sends every new connection to the live gateway, then Ctrl-C (SIGINT to its process group) and
+# check that every process is gone. Uses free ports and a directory of its own; PROFILE as for
 # local-cluster.sh (dev here: the test binaries are built already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-export NATS_PORT=$(free_port) ROUTER_PORT=$(free_port)
+export LB_PORT=$(free_port) NATS_PORT=$(free_port) ROUTER_PORT=$(free_port)
 export GATEWAY_PORTS="$(free_port) $(free_port)" ADMIN_PORTS="$(free_port) $(free_port)"
 export CLUSTER_DIR="$dir/state" PROFILE=${PROFILE:-dev}
 read -r -a admin <<<"$ADMIN_PORTS"
@@ -43,6 +44,23 @@ within() {
   return 1
 }
 
+# A WebSocket upgrade through the load balancer, as `user`: exits 0 on `101 Switching Protocols`.
+upgrades() {
+  CHAT_JWT_SECRET=$(cat "$CLUSTER_DIR/dev-secret") python3 - "$LB_PORT" "$1" "$bin" <<'PY'
+import base64, os, socket, subprocess, sys
+port, user, bin = sys.argv[1:]
+token = subprocess.run([f"{bin}/chat-gateway", "dev-token", "--user", user, "--ttl", "1h"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+key = base64.b64encode(os.urandom(16)).decode()
+with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
+    s.sendall((f"GET /ws?token={token} HTTP/1.1\r\nHost: local\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n\r\n").encode())
+    sys.exit(0 if s.recv(4096).startswith(b"HTTP/1.1 101") else 1)
+PY
+}
+bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+
 # Built first, so that the start below is timed without the build (a fresh clone builds here).
 cargo build --profile "$PROFILE" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
 
@@ -53,14 +71,21 @@ cluster=$!
 set +m
 within 1200 grep -q "Chat backend running" "$log" || fail "the cluster did not start"
 pids=$(cat "$CLUSTER_DIR"/*.pid)
+grep -q "connect to: ws://127.0.0.1:$LB_PORT/ws" "$log" || fail "no load balancer URL printed"
+for n in 1 2 3 4; do upgrades "user-$n" || fail "connection $n through the load balancer refused"; done
 
 kill -KILL "$(cat "$CLUSTER_DIR/gateway-1.pid")"
 within 50 grep -q "gateway-1 (pid .*) exited" "$log" || fail "the dead gateway was not reported"
 sleep 1
 kill -0 "$cluster" 2>/dev/null || fail "the cluster stopped with one gateway"
 within 30 ready "${admin[1]}" || fail "gateway-2 is not ready after gateway-1 died"
-for name in nats router worker gateway-2; do
+for name in nats router worker gateway-2 lb; do
   kill -0 "$(cat "$CLUSTER_DIR/$name.pid")" 2>/dev/null || fail "$name stopped with gateway-1"
+done
+# HAProxy takes the dead gateway out within two failed checks (2 s); then every connection lands.
+sleep 2
+for n in $(seq 10); do
+  upgrades "later-$n" || fail "connection $n through the load balancer failed after gateway-1 died"
 done
 
 kill -INT -- "-$cluster"
@@ -69,5 +94,5 @@ for pid in $pids; do
   within 100 bash -c "! kill -0 $pid 2>/dev/null" || fail "process $pid outlived Ctrl-C"
 done
 cluster=
-echo "local-cluster: a dead gateway is reported, the rest keep running, Ctrl-C stops all"
+echo "local-cluster: one URL through HAProxy; a dead gateway is reported and left out, the rest keep running, Ctrl-C stops all"
 echo "local-cluster: 1 passed, 0 failed"

@@ -4,7 +4,7 @@
 #   loadtest/longtail.sh [extra chat-loadtest bus-longtail flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v nats-server >/dev/null || deploy/install-nats.sh
+deploy/install-tools.sh nats-server
 cargo build --release -q -p chat-loadtest
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
