@@ -79,37 +79,9 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-# HAProxy: the fewest connections first; a gateway leaves the rotation within 2 s of its
-# /readyz turning false (at the start of a drain) and comes back when ready; WebSockets may stay
-# quiet for a ping interval (30 s) and more; X-Forwarded-For carries the client's address, which
-# the gateways trust from 127.0.0.1. About 9,000 connections: HAProxy holds two descriptors each,
-# under the 20,000 a process may open here.
-{
-  cat <<CFG
-global
-  maxconn 9000
-defaults
-  mode http
-  option forwardfor
-  timeout connect 5s
-  timeout http-request 10s
-  timeout client 60s
-  timeout server 60s
-  timeout tunnel 120s
-  timeout client-fin 5s
-frontend websocket
-  bind 127.0.0.1:$lb_port
-  default_backend gateways
-backend gateways
-  balance leastconn
-  option httpchk GET /readyz
-  http-check expect status 200
-  default-server inter 1s fall 2 rise 2
-CFG
-  for i in 0 1; do
-    echo "  server gateway-$((i + 1)) 127.0.0.1:${gateway_ports[$i]} check port ${admin_ports[$i]}"
-  done
-} >"$state/haproxy.cfg"
+# HAProxy in front of the gateways (what it does: deploy/haproxy-config.sh).
+deploy/haproxy-config.sh "$lb_port" "${gateway_ports[0]}:${admin_ports[0]}" \
+  "${gateway_ports[1]}:${admin_ports[1]}" >"$state/haproxy.cfg"
 # Started before the gateways, so that Ctrl-C stops it after them: their drain reaches the clients.
 start lb haproxy -db -f "$state/haproxy.cfg"
 

@@ -4,65 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::task::JoinHandle;
-
-/// What a reader saw of the numbered sequence.
-#[derive(Default)]
-struct Seen {
-    numbers: Vec<u64>,
-    last_seq: u64,
-}
-
-impl Seen {
-    /// Takes the `message:new` pushes until none comes for `wait`.
-    async fn read(&mut self, client: &mut Client, wait: Duration) {
-        self.read_until(client, wait, Instant::now() + Duration::from_secs(60))
-            .await;
-    }
-
-    /// Takes the `message:new` pushes until none comes for `wait`, or `deadline`.
-    async fn read_until(&mut self, client: &mut Client, wait: Duration, deadline: Instant) {
-        while Instant::now() < deadline
-            && let Some(data) = client.expect_within("message:new", wait).await
-        {
-            let message = &data["message"];
-            let number = message["content"]
-                .as_str()
-                .and_then(|c| c.strip_prefix("n-"));
-            if let Some(number) = number.and_then(|n| n.parse().ok()) {
-                self.numbers.push(number);
-            }
-            self.last_seq = self.last_seq.max(message["seq"].as_u64().unwrap_or(0));
-        }
-    }
-
-    /// Prints and checks the reader's account against the acked numbers.
-    fn check(&self, fault: &str, reader: &str, acked: &[u64]) {
-        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-        for n in &self.numbers {
-            *counts.entry(*n).or_default() += 1;
-        }
-        let missing = acked.iter().filter(|n| !counts.contains_key(n)).count();
-        let duplicated: usize = counts.values().map(|c| c - 1).sum();
-        println!(
-            "{fault}: {reader}: acked {}, delivered {}, missing {missing}, duplicated {duplicated}",
-            acked.len(),
-            self.numbers.len()
-        );
-        assert_eq!((missing, duplicated), (0, 0), "{fault}: {reader}");
-        assert!(
-            self.numbers.windows(2).all(|w| w[0] < w[1]),
-            "{fault}: {reader}: out of order"
-        );
-    }
-}
 
 /// Sends `n-0`, `n-1`, … every `every` until `count`; returns the acked numbers.
 fn writer(mut client: Client, room: String, count: u64, every: Duration) -> JoinHandle<Vec<u64>> {
@@ -78,22 +25,6 @@ fn writer(mut client: Client, room: String, count: u64, every: Duration) -> Join
         }
         acked
     })
-}
-
-/// Reconnects `user` to `url` with `auth` carrying the resume token and position.
-async fn resume(url: &str, user: &str, connected: &Value, room: &str, seq: u64) -> (Client, Value) {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut client = Client::from_ws(ws);
-    let data = json!({
-        "token": token(user),
-        "resume": {
-            "resumeToken": connected["resumeToken"],
-            "positions": { room: seq },
-        },
-    });
-    let answer = client.request("auth", data).await;
-    assert_eq!(answer["event"], "ack", "{answer}");
-    (client, answer["data"].clone())
 }
 
 #[tokio::test]
@@ -186,78 +117,6 @@ async fn resume_as_the_first_request_after_connecting_with_resume_1() {
             .await,
         "PROTOCOL_ERROR"
     );
-}
-
-/// A `chat-gateway` process, killed when dropped.
-struct GatewayProcess {
-    child: Child,
-    ws: SocketAddr,
-}
-
-impl GatewayProcess {
-    async fn start(nats_url: &str) -> Self {
-        Self::start_with(nats_url, &[]).await
-    }
-
-    async fn start_with(nats_url: &str, extra: &[&str]) -> Self {
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-        };
-        let (ws, admin) = (port(), port());
-        let child = Command::new(env!("CARGO_BIN_EXE_chat-gateway"))
-            .args([
-                "--listen",
-                &ws.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args(["--nats-url", nats_url, "--jwt-secret", SECRET])
-            .args(UNLIMITED)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chat-gateway starts");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let listening = tokio::net::TcpStream::connect(admin).await.is_ok();
-            if listening && get(admin, "/readyz").await.starts_with("HTTP/1.1 200") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway process is not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, ws }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.ws)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM: the gateway drains.
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test]
@@ -453,13 +312,10 @@ async fn a_gateway_stopped_while_nats_is_down_still_exits_in_time() {
     let stopping = Instant::now();
     // The drain (1 s), the grace (1 s) and the last flush's bound (2 s), with room to spare: a
     // flush that waits for NATS to come back would hang here.
-    while gateway.child.try_wait().unwrap().is_none() {
-        assert!(
-            stopping.elapsed() < Duration::from_secs(10),
-            "the gateway still runs {:?} after SIGTERM",
-            stopping.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        gateway.exited(Duration::from_secs(10)).await,
+        "the gateway still runs {:?} after SIGTERM",
+        stopping.elapsed()
+    );
     println!("stopped with NATS down in {:?}", stopping.elapsed());
 }
