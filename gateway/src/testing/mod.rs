@@ -97,7 +97,8 @@ pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Runnin
     });
     // The worker owns the stream: wait until it exists and the worker answers requests (a
     // gateway refuses connections while no worker answers).
-    let client = async_nats::connect(nats_url).await.expect("nats is up");
+    let servers = chat_proto::options::nats_servers(nats_url).expect("NATS URLs");
+    let client = async_nats::connect(servers).await.expect("nats is up");
     let js = async_nats::jetstream::new(client.clone());
     let worker = crate::worker::WorkerClient::new(client, Duration::from_secs(1));
     let deadline = tokio::time::Instant::now() + WAIT;
