@@ -4,21 +4,36 @@
 # in production. Prints the one WebSocket URL (and each gateway's) and development tokens signed
 # with a secret generated for this run. Ctrl-C stops everything.
 #
-#   deploy/local-cluster.sh            # keeps history in .local/cluster between runs
-#   deploy/local-cluster.sh --fresh    # starts from nothing
+#   deploy/local-cluster.sh                     # keeps history in .local/cluster between runs
+#   deploy/local-cluster.sh --fresh             # starts from nothing
+#   deploy/local-cluster.sh --nats-cluster 3    # three NATS servers in a cluster, the stream
+#                                               # replicated three times (kill one to try it;
+#                                               # switching to or from it needs --fresh)
 #
 # A process that dies is reported and the others keep running (kill a gateway to try failover:
 # `kill $(cat .local/cluster/gateway-1.pid)`); Ctrl-C stops them all.
 #
-# Ports (environment): LB_PORT (8000: HAProxy), NATS_PORT (4222), ROUTER_PORT (7070),
-# GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
+# Ports (environment): LB_PORT (8000: HAProxy), NATS_PORT (4222; with --nats-cluster N the
+# servers take NATS_PORTS, "4222 4223 4224", and NATS_CLUSTER_PORTS, "6222 6223 6224"),
+# ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
 # and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${CLUSTER_DIR:-.local/cluster}
 profile=${PROFILE:-release}
-[ "${1:-}" = "--fresh" ] && rm -rf "$state"
+nats_servers=1
+while (($#)); do
+  case $1 in
+    --fresh) rm -rf "$state" ;;
+    --nats-cluster)
+      nats_servers=${2:-}
+      [[ $nats_servers =~ ^[1-9]$ ]] || { echo "--nats-cluster takes 1 to 9 servers" >&2; exit 64; }
+      shift ;;
+    *) echo "usage: $0 [--fresh] [--nats-cluster N]" >&2; exit 64 ;;
+  esac
+  shift
+done
 mkdir -p "$state"
 
 deploy/install-tools.sh nats-server haproxy
@@ -27,19 +42,27 @@ cargo build --profile "$profile" -q --bin chat-gateway --bin chat-persistence-wo
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 lb_port=${LB_PORT:-8000}
-nats_port=${NATS_PORT:-4222}
+read -r -a nats_ports <<<"${NATS_PORTS:-${NATS_PORT:-4222} 4223 4224 4225 4226 4227 4228 4229 4230}"
+read -r -a nats_cluster_ports <<<"${NATS_CLUSTER_PORTS:-6222 6223 6224 6225 6226 6227 6228 6229 6230}"
+((${#nats_ports[@]} >= nats_servers && ${#nats_cluster_ports[@]} >= nats_servers)) ||
+  { echo "NATS_PORTS and NATS_CLUSTER_PORTS need $nats_servers ports each" >&2; exit 64; }
+nats_ports=("${nats_ports[@]:0:$nats_servers}")
+nats_cluster_ports=("${nats_cluster_ports[@]:0:$nats_servers}")
 router_port=${ROUTER_PORT:-7070}
 router_url="http://127.0.0.1:$router_port"
 read -r -a gateway_ports <<<"${GATEWAY_PORTS:-8080 8081}"
 read -r -a admin_ports <<<"${ADMIN_PORTS:-9080 9081}"
-nats_url="nats://127.0.0.1:$nats_port"
+nats_url=$(printf 'nats://127.0.0.1:%s,' "${nats_ports[@]}")
+nats_url=${nats_url%,}
 CHAT_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export CHAT_JWT_SECRET
 (umask 077 && printf '%s' "$CHAT_JWT_SECRET" >"$state/dev-secret")
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$lb_port" "$nats_port" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
-  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
+cluster_ports=()
+((nats_servers == 1)) || cluster_ports=("${nats_cluster_ports[@]}")
+for port in "$lb_port" "${nats_ports[@]}" "${cluster_ports[@]}" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
+  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT(S), NATS_CLUSTER_PORTS, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
 done
 
 pids=()
@@ -64,15 +87,41 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-start nats nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$state/nats"
-for _ in $(seq 50); do
-  port_free "$nats_port" || break
-  sleep 0.1
+if ((nats_servers == 1)); then
+  start nats nats-server -js -a 127.0.0.1 -p "${nats_ports[0]}" -sd "$state/nats"
+else
+  routes=$(printf '"nats://127.0.0.1:%s", ' "${nats_cluster_ports[@]}")
+  for ((i = 0; i < nats_servers; i++)); do
+    cat >"$state/nats-$((i + 1)).conf" <<CFG
+server_name: nats-$((i + 1))
+jetstream { store_dir: "$state/nats-$((i + 1))" }
+cluster {
+  name: chat
+  listen: "127.0.0.1:${nats_cluster_ports[$i]}"
+  routes: [${routes%, }]
+}
+CFG
+    start "nats-$((i + 1))" nats-server -a 127.0.0.1 -p "${nats_ports[$i]}" -c "$state/nats-$((i + 1)).conf"
+  done
+fi
+for port in "${nats_ports[@]}"; do
+  for _ in $(seq 50); do
+    port_free "$port" || break
+    sleep 0.1
+  done
 done
+# A cluster answers JetStream requests once it has elected a leader.
+if ((nats_servers > 1)); then
+  for _ in $(seq 300); do
+    grep -q "JetStream cluster new metadata leader" "$state"/nats-*.log && break
+    sleep 0.1
+  done
+fi
 
 start router "$bin"/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port"
+stream_replicas=$((nats_servers >= 3 ? 3 : 1))
 start worker "$bin"/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
-  --router-urls "$router_url"
+  --router-urls "$router_url" --stream-replicas "$stream_replicas"
 for _ in $(seq 100); do
   grep -q "worker ready" "$state/worker.log" && break
   kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/worker.log"; exit 1; }
@@ -121,7 +170,7 @@ Chat backend running (logs in $state/):
   connect to: ws://127.0.0.1:$lb_port/ws    (HAProxy, least connections, health checks on /readyz)
   gateway 1:  ws://127.0.0.1:${gateway_ports[0]}/ws    health http://127.0.0.1:${admin_ports[0]}/readyz
   gateway 2:  ws://127.0.0.1:${gateway_ports[1]}/ws    health http://127.0.0.1:${admin_ports[1]}/readyz
-  NATS:       $nats_url (JetStream store in $state/nats)
+  NATS:       $nats_url ($nats_servers server(s), the stream replicated $stream_replicas time(s); JetStream store in $state/nats*)
   router:     $router_url (presence, placement, at most 5 sessions per user)
   store:      $state/chat.db
 

@@ -2,7 +2,8 @@
 # Tries the local cluster as a person would: start it, connect through its load balancer, kill
 # one gateway, check that it is reported, that the rest keep serving and that the load balancer
 # sends every new connection to the live gateway, then Ctrl-C (SIGINT to its process group) and
-# check that every process is gone. Uses free ports and a directory of its own; PROFILE as for
+# check that every process is gone. Then again with `--nats-cluster 3`: the stream replicated
+# three times, one NATS server killed, the rest serving. Uses free ports and a directory of its own; PROFILE as for
 # local-cluster.sh (dev here: the test binaries are built already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ fail() {
   echo "local-cluster: FAILED: $*" >&2
   echo "--- its output:" >&2
   cat "$log" >&2 || true
-  echo "local-cluster: 0 passed, 1 failed"
+  echo "local-cluster: FAILED"
   exit 1
 }
 cleanup() {
@@ -64,13 +65,28 @@ bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 # Built first, so that the start below is timed without the build (a fresh clone builds here).
 cargo build --profile "$PROFILE" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
 
-# Its own process group, as a terminal gives a command: Ctrl-C reaches the whole group.
-set -m
-deploy/local-cluster.sh >"$log" 2>&1 &
-cluster=$!
-set +m
-within 1200 grep -q "Chat backend running" "$log" || fail "the cluster did not start"
-pids=$(cat "$CLUSTER_DIR"/*.pid)
+# Starts the cluster with "$@" in its own process group, as a terminal gives a command (Ctrl-C
+# reaches the whole group), and waits until it runs.
+start_cluster() {
+  : >"$log"
+  set -m
+  deploy/local-cluster.sh "$@" >"$log" 2>&1 &
+  cluster=$!
+  set +m
+  within 1200 grep -q "Chat backend running" "$log" || fail "the cluster ($*) did not start"
+  pids=$(cat "$CLUSTER_DIR"/*.pid)
+}
+# Ctrl-C, and every process gone.
+stop_cluster() {
+  kill -INT -- "-$cluster"
+  within 200 bash -c "! kill -0 $cluster 2>/dev/null" || fail "Ctrl-C did not stop the cluster"
+  for pid in $pids; do
+    within 100 bash -c "! kill -0 $pid 2>/dev/null" || fail "process $pid outlived Ctrl-C"
+  done
+  cluster=
+}
+
+start_cluster
 grep -q "connect to: ws://127.0.0.1:$LB_PORT/ws" "$log" || fail "no load balancer URL printed"
 for n in 1 2 3 4; do upgrades "user-$n" || fail "connection $n through the load balancer refused"; done
 
@@ -88,11 +104,23 @@ for n in $(seq 10); do
   upgrades "later-$n" || fail "connection $n through the load balancer failed after gateway-1 died"
 done
 
-kill -INT -- "-$cluster"
-within 200 bash -c "! kill -0 $cluster 2>/dev/null" || fail "Ctrl-C did not stop the cluster"
-for pid in $pids; do
-  within 100 bash -c "! kill -0 $pid 2>/dev/null" || fail "process $pid outlived Ctrl-C"
-done
-cluster=
+stop_cluster
 echo "local-cluster: one URL through HAProxy; a dead gateway is reported and left out, the rest keep running, Ctrl-C stops all"
-echo "local-cluster: 1 passed, 0 failed"
+
+# Three NATS servers in a cluster: the stream is replicated three times, and losing one server
+# leaves the rest serving.
+export NATS_PORTS="$(free_port) $(free_port) $(free_port)"
+export NATS_CLUSTER_PORTS="$(free_port) $(free_port) $(free_port)"
+start_cluster --fresh --nats-cluster 3
+grep -q "3 server(s), the stream replicated 3 time(s)" "$log" || fail "no NATS cluster of 3"
+kill -KILL "$(cat "$CLUSTER_DIR/nats-2.pid")"
+within 50 grep -q "nats-2 (pid .*) exited" "$log" || fail "the dead NATS server was not reported"
+for n in $(seq 4); do
+  within 100 upgrades "cluster-$n" || fail "connection $n failed after a NATS server died"
+done
+for name in nats-1 nats-3 router worker gateway-1 gateway-2 lb; do
+  kill -0 "$(cat "$CLUSTER_DIR/$name.pid")" 2>/dev/null || fail "$name stopped with nats-2"
+done
+stop_cluster
+echo "local-cluster: --nats-cluster 3 replicates the stream three times and outlives a NATS server"
+echo "local-cluster: 2 passed, 0 failed"
