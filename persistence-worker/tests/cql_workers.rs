@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use chat_persistence_worker::store::conformance::every_message;
 use chat_persistence_worker::store::cql::CqlStore;
 use chat_persistence_worker::store::{Store as _, Window};
 use chat_persistence_worker::testing::{cql_server, fresh_store, worker_flags};
@@ -44,20 +45,11 @@ impl Fixture {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let committed = self.store.committed_seq().await.unwrap();
-            let mut contents = Vec::new();
-            let mut after = 0;
-            loop {
-                let page = self
-                    .store
-                    .history("c1", Window::After(after), 100)
-                    .await
-                    .unwrap();
-                let Some(newest) = page.messages.last() else {
-                    break;
-                };
-                after = newest.id;
-                contents.extend(page.messages.into_iter().map(|m| m.content));
-            }
+            let contents: Vec<String> = every_message(&self.store, "c1")
+                .await
+                .into_iter()
+                .map(|m| m.content)
+                .collect();
             let done = contents.len() >= count && committed >= last;
             if done || Instant::now() > deadline {
                 return (contents, committed);

@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chat_persistence_worker::store::conformance::every_message;
 use chat_persistence_worker::store::sqlite::SqliteStore;
-use chat_persistence_worker::store::{Membership, Store, Window};
+use chat_persistence_worker::store::{Membership, Store};
 use chat_persistence_worker::testing::{cql_server, fresh_store, worker_flags};
 use chat_proto::testing::run_to_exit;
 use chat_proto::v1::conversation_event::Kind;
@@ -112,19 +113,7 @@ async fn fill(store: &SqliteStore) -> u64 {
 
 /// Everything a store answers about the filled data, in one comparable value.
 async fn answers(store: &impl Store) -> String {
-    let mut history = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store
-            .history(ROOM, Window::After(after), 100)
-            .await
-            .unwrap();
-        let Some(newest) = page.messages.last() else {
-            break;
-        };
-        after = newest.id;
-        history.extend(page.messages);
-    }
+    let history = every_message(store, ROOM).await;
     let mut conversations = Vec::new();
     for id in [ROOM, ODD] {
         let stored = store.conversation(id, 100).await.unwrap().unwrap();

@@ -22,6 +22,22 @@ pub async fn check_all<S: Store>(store: &S) {
     a_big_room_lists_its_first_members_and_counts_them_all(store).await;
 }
 
+/// Every message of `conversation_id` that `store` holds, in id order, page by page.
+pub async fn every_message<S: Store>(store: &S, conversation_id: &str) -> Vec<ChatMessage> {
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    loop {
+        let after = messages.last().map_or(0, |m| m.id);
+        let page = store
+            .history(conversation_id, Window::After(after), 100)
+            .await
+            .unwrap();
+        if page.messages.is_empty() {
+            return messages;
+        }
+        messages.extend(page.messages);
+    }
+}
+
 fn event(conversation_id: &str, seq: u64, kind: Kind) -> ConversationEvent {
     ConversationEvent {
         seq,
