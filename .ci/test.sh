@@ -3,7 +3,10 @@
 # installs what the tests need (nats-server and haproxy from the OS packages; Java 17 and Maven too when a
 # Cassandra node is to be started and they are missing), then checks formatting and lints, starts
 # the CQL server of the store tests (one Apache Cassandra 5.0 node, unless SCYLLA_URI names a
-# ScyllaDB), and runs every test. Tests start their own nats-server on free ports.
+# ScyllaDB), and runs every test. Tests start their own nats-server on free ports. Then it renders
+# and validates the Helm chart and the Kubernetes manifests (deploy/validate/validate.sh: helm,
+# kustomize and kubeconform from the Go module proxy, cached), and builds and checks the container
+# images from the binaries the tests built (deploy/images/build.sh with PROFILE=dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-tools.sh nats-server haproxy
@@ -44,3 +47,6 @@ else
   echo "store tests: Apache Cassandra at $CASSANDRA_URI (started in $(($(date +%s) - started)) s; set SCYLLA_URI to use ScyllaDB instead)"
 fi
 cargo test --workspace --locked
+deploy/validate/validate.sh
+PROFILE=dev deploy/images/build.sh
+deploy/images/check.sh

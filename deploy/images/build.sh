@@ -8,7 +8,8 @@
 # Load one into Docker or push it with skopeo, for example:
 #   skopeo copy oci:target/images/chat-gateway:latest docker-daemon:chat-gateway:latest
 # Each image listens on all interfaces (CHAT_*_LISTEN in its environment); the worker keeps its
-# SQLite store in /data. PROFILE: the cargo profile (release). Runs as root (dpkg -x, chown).
+# SQLite store in /data. PROFILE: the cargo profile (release; the test command takes `dev`, the
+# binaries its tests built). Runs as root (dpkg -x, chown).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/images}
@@ -20,9 +21,8 @@ bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-chmod 755 "$work" # apt-get download fetches as the _apt user.
 rootfs=$work/rootfs
-(cd "$work" && apt-get download -qq libc6 libgcc-s1)
+(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root libc6 libgcc-s1)
 for deb in "$work"/*.deb; do dpkg -x "$deb" "$rootfs"; done
 rm -rf "$rootfs"/usr/share/{doc,locale,man,lintian} "$rootfs"/usr/lib/x86_64-linux-gnu/gconv
 mkdir -p "$rootfs"/{app,tmp,data,etc/ssl/certs}
@@ -42,7 +42,7 @@ image() {
   umoci new --image "$layout:latest"
   umoci unpack --image "$layout:latest" "$bundle" >/dev/null
   cp -a "$rootfs/." "$bundle/rootfs/"
-  install -m 0755 "$bin/$name" "$bundle/rootfs/app/$name"
+  install -s -m 0755 "$bin/$name" "$bundle/rootfs/app/$name" # stripped: no debug symbols
   umoci repack --image "$layout:latest" "$bundle"
   local config=(--config.user 10001:10001 --config.workingdir /data
     --config.entrypoint "/app/$name" --os linux --architecture amd64

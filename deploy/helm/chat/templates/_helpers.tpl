@@ -48,12 +48,13 @@ nats://{{ .Release.Name }}-nats:4222
 
 {{/* Environment entries for a component's `config` map: `fooBar` becomes CHAT_FOO_BAR; null is left out. */}}
 {{- define "chat.configEnv" -}}
-{{- range $key, $value := . }}
-{{- if not (kindIs "invalid" $value) }}
-- name: CHAT_{{ $key | snakecase | upper }}
-  value: {{ $value | toString | quote }}
-{{- end }}
-{{- end }}
+{{- $env := list -}}
+{{- range $key, $value := . -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- $env = append $env (dict "name" (printf "CHAT_%s" ($key | snakecase | upper)) "value" ($value | toString)) -}}
+{{- end -}}
+{{- end -}}
+{{- with $env }}{{ toYaml . }}{{ end -}}
 {{- end -}}
 
 {{/* The environment every process shares. */}}
