@@ -4,9 +4,10 @@
 # its production values and values-all.yaml (every branch); the kustomize overlays, which must be
 # what deploy/render-k8s.sh writes and hold the chart's objects; strict schema validation of all
 # of it, and of the ScyllaCluster example, with kubeconform against the Kubernetes API of the
-# oldest and newest versions supported (and the custom resources' own schemas); yamllint; and
-# that every option of the three binaries (their `--help`) reaches a rendered manifest. Values
-# that must be refused are refused. Exits non-zero at the first failure.
+# oldest and newest versions supported (and the custom resources' own schemas); yamllint;
+# nats-server taking the bundled NATS's configuration; every option of the three binaries
+# (their `--help`) reaching a rendered manifest; and values that must be refused, refused.
+# Exits non-zero at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tools=$(deploy/validate/tools.sh)
@@ -48,6 +49,7 @@ done
 
 step "values the chart refuses"
 for bad in "worker.store=mysql" "nats.replicas=2" "worker.config.streamReplicas=3" \
+  "worker.store=scylla,worker.scylla.user=chat" \
   "nats.enabled=false"; do
   if "$bin/helm" template chat "$chart" --set "$bad" >/dev/null 2>"$work/refused.log"; then
     echo "error: the chart rendered with --set $bad" >&2
@@ -58,6 +60,15 @@ done
 
 step "schemas (strict), Kubernetes 1.30 and 1.37: the chart, the ScyllaCluster example"
 kubeconform "$work"/default.yaml "$work"/production.yaml "$work"/all.yaml deploy/scylla/*.yaml
+
+step "nats-server takes the bundled NATS's configuration (one server, a cluster)"
+for name in default production; do
+  "$python" -c 'import sys, yaml
+for d in yaml.safe_load_all(sys.stdin):
+    if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "chat-nats":
+        print(d["data"]["nats.conf"])' <"$work/$name.yaml" >"$work/nats-$name.conf"
+  POD_NAME=chat-nats-0 nats-server -t -c "$work/nats-$name.conf" >&2
+done
 
 step "k8s/: what the chart renders; each overlay valid and the chart's objects"
 deploy/render-k8s.sh --check
