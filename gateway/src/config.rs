@@ -242,6 +242,16 @@ pub struct Config {
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Address of the server API's listener (HTTP/JSON under `/api/v1`, for the application's
+    /// backend, never for clients): off unless given; needs `--api-keys-file`.
+    #[arg(long, env = "CHAT_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+
+    /// The server API's keys, one a line, `[NAME:]KEY` (at least 32 characters; blank lines and
+    /// `#` comments skipped); a request carries one as `Authorization: Bearer <KEY>`.
+    #[arg(long, env = "CHAT_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,
@@ -264,6 +274,9 @@ pub enum ConfigError {
     /// An option's value out of its range, or options that contradict each other.
     #[error(transparent)]
     Option(#[from] OptionError),
+    /// The server API's keys file.
+    #[error("--api-keys-file: {0}")]
+    ApiKeys(#[from] crate::api::KeysError),
 }
 
 /// The origins that may connect.
@@ -301,6 +314,8 @@ pub struct Settings {
     pub node_id: String,
     /// The resume tokens' key, if resume is possible.
     pub resume: Option<crate::resume::ResumeKeys>,
+    /// The server API's keys, when it listens.
+    pub api_keys: Option<crate::api::ApiKeys>,
 }
 
 /// The largest `--max-transport-bytes`: 1 GiB.
@@ -313,12 +328,37 @@ impl Config {
     pub fn check(&self) -> Result<(), OptionError> {
         options::nats_servers(&self.nats_url)?;
         options::router_urls(&self.router_urls)?;
-        if self.listen == self.admin_listen && self.listen.port() != 0 {
+        let distinct = [
+            (
+                "admin-listen",
+                Some(self.admin_listen),
+                "listen",
+                self.listen,
+            ),
+            ("api-listen", self.api_listen, "listen", self.listen),
+            (
+                "api-listen",
+                self.api_listen,
+                "admin-listen",
+                self.admin_listen,
+            ),
+        ];
+        for (option, address, other, other_address) in distinct {
+            if address == Some(other_address) && other_address.port() != 0 {
+                return Err(OptionError::Conflict {
+                    option,
+                    relation: "another address than",
+                    other,
+                    why: "two listeners cannot bind the same address",
+                });
+            }
+        }
+        if self.api_listen.is_some() != self.api_keys_file.is_some() {
             return Err(OptionError::Conflict {
-                option: "admin-listen",
-                relation: "another address than",
-                other: "listen",
-                why: "both listeners cannot bind the same address",
+                option: "api-listen",
+                relation: "given together with",
+                other: "api-keys-file",
+                why: "the server API takes requests only with a key",
             });
         }
         self.check_durations()?;
@@ -522,6 +562,10 @@ impl Config {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let api_keys = match &self.api_keys_file {
+            Some(path) => Some(crate::api::ApiKeys::load(path)?),
+            None => None,
+        };
         let resume = crate::resume::ResumeKeys::new(
             self.resume_secret.as_deref(),
             self.jwt_secret.as_deref(),
@@ -533,6 +577,7 @@ impl Config {
             origins,
             node_id,
             resume,
+            api_keys,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! as `main` and the tests do; `testing` (feature `test-util`) starts a whole cluster for tests.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod presence;
+mod publish;
 pub mod request;
 pub mod resume;
 pub mod router;
@@ -91,6 +93,16 @@ pub struct Shared {
 impl Shared {
     fn num_connections(&self) -> usize {
         self.max_connections - self.connections.available_permits()
+    }
+
+    /// The routers, or why presence cannot be answered.
+    fn router(&self) -> Result<&RouterLink, error::RequestError> {
+        self.router.as_ref().ok_or_else(|| {
+            error::RequestError::new(
+                chat_proto::client::ErrorCode::Unavailable,
+                "presence is not tracked by this deployment (no router)",
+            )
+        })
     }
 }
 
@@ -295,19 +307,43 @@ impl Node {
     }
 }
 
-/// Runs a gateway on `listener` (WebSockets) and `admin` (health) until `shutdown` resolves;
-/// then tells every client to reconnect elsewhere and waits for them within the grace period.
+/// The listeners of a gateway, bound by the caller.
+pub struct Listeners {
+    /// Client WebSockets (`--listen`).
+    pub ws: TcpListener,
+    /// Health, readiness and metrics (`--admin-listen`).
+    pub admin: TcpListener,
+    /// The server API (`--api-listen`), when it is on.
+    pub api: Option<TcpListener>,
+}
+
+/// Runs a gateway on its listeners until `shutdown` resolves; then tells every client to
+/// reconnect elsewhere and waits for them within the grace period.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
+    let Listeners {
+        ws: listener,
+        admin,
+        api,
+    } = listeners;
     let config = settings.config.clone();
+    let api_keys = settings.api_keys.clone();
     let node = Node::start(settings).await?;
     let gateway = node.gateway.clone();
     let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(admin, gateway.clone(), admin_token.clone()));
+    let api_task = match (api, api_keys) {
+        (Some(listener), Some(keys)) => Some(tokio::spawn(api::serve(
+            listener,
+            gateway.clone(),
+            keys,
+            admin_token.clone(),
+        ))),
+        _ => None,
+    };
     let sessions = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracing::info!(
@@ -358,6 +394,10 @@ pub async fn run(
     }
     admin_token.cancel();
     let _ = admin_task.await;
+    if let Some(api_task) = api_task {
+        // Requests under way are answered, within the grace period.
+        let _ = tokio::time::timeout(config.shutdown_grace, api_task).await;
+    }
     node.stop().await;
     Ok(())
 }

@@ -35,21 +35,30 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: chat_gateway::Settings) -> anyhow::Result<()> {
-    let listen = settings.config.listen;
-    let admin_listen = settings.config.admin_listen;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let config = &settings.config;
+    let ws = bind(config.listen, "the WebSocket port").await?;
+    let admin = bind(config.admin_listen, "the admin port").await?;
+    let api = match config.api_listen {
+        Some(address) => Some(bind(address, "the server API's port").await?),
+        None => None,
+    };
+    tracing::info!(
+        ws = %ws.local_addr()?,
+        admin = %admin.local_addr()?,
+        api = ?api.as_ref().map(|l| l.local_addr()).transpose()?,
+        "listening"
+    );
+    let listeners = chat_gateway::Listeners { ws, admin, api };
+    chat_gateway::run(settings, listeners, chat_proto::service::shutdown_signal())
         .await
-        .with_context(|| format!("failed to bind {listen}"))?;
-    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .context("the gateway stopped")
+}
+
+async fn bind(
+    address: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
         .await
-        .with_context(|| format!("failed to bind the admin port {admin_listen}"))?;
-    tracing::info!(ws = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
-    chat_gateway::run(
-        settings,
-        listener,
-        admin,
-        chat_proto::service::shutdown_signal(),
-    )
-    .await
-    .context("the gateway stopped")
+        .with_context(|| format!("failed to bind {what} {address}"))
 }

@@ -1,5 +1,5 @@
-//! Presence: the routers' changes told to this node's users (the requests are in
-//! `session::handlers::presence`).
+//! Presence: the routers' changes told to this node's users, and the queries that sockets
+//! (`session::handlers::presence`) and the server API ask the routers.
 //!
 //! A router publishes the visible changes of its users, each with the user's conversations. The
 //! node finds its local sockets in those conversations and tells each socket once per change
@@ -15,10 +15,54 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::Shared;
+use crate::error::RequestError;
 use crate::hub::Hub;
+use crate::validation;
+use crate::worker::Detail;
 
 /// Most users one `presence:query` may name.
 pub const MAX_QUERIED_USERS: usize = 500;
+
+/// What others see of each user named (at most [`MAX_QUERIED_USERS`]): `{userId: status}`.
+pub(crate) async fn statuses(
+    shared: &Shared,
+    user_ids: Vec<String>,
+) -> Result<serde_json::Map<String, serde_json::Value>, RequestError> {
+    let router = shared.router()?;
+    if user_ids.len() > MAX_QUERIED_USERS {
+        return Err(RequestError::invalid(format!(
+            "at most {MAX_QUERIED_USERS} userIds"
+        )));
+    }
+    for user_id in &user_ids {
+        validation::user_id(user_id)?;
+    }
+    let statuses = router.routers().presence(user_ids).await?;
+    Ok(statuses
+        .into_iter()
+        .map(|(user_id, status)| (user_id, status_name(status).into()))
+        .collect())
+}
+
+/// Which members of a conversation are visibly online, sorted: every member, not the first 100
+/// a conversation carries.
+pub(crate) async fn online_members(
+    shared: &Shared,
+    conversation_id: &str,
+) -> Result<Vec<String>, RequestError> {
+    let router = shared.router()?;
+    let conversation = shared
+        .worker
+        .conversation(conversation_id, Detail::AllParticipants)
+        .await?;
+    let mut user_ids = router
+        .routers()
+        .online_members(conversation.participant_ids)
+        .await?;
+    user_ids.sort_unstable();
+    Ok(user_ids)
+}
 
 /// The protocol's name of a status.
 pub fn status_name(status: Status) -> &'static str {

@@ -15,6 +15,8 @@ pub fn valid_id(id: &str) -> bool {
 
 /// Types a client may send.
 pub const CLIENT_TYPES: &[&str] = &["chat", "file", "image", "graph"];
+/// The message types the server API may post: a client's, and `system` and `robot`.
+pub const SERVER_TYPES: &[&str] = &["chat", "file", "image", "graph", "system", "robot"];
 /// Most characters of a label, a title, an external file id.
 const MAX_LABEL_CHARS: usize = 255;
 /// Most characters of a `clientMessageId`.
@@ -142,14 +144,16 @@ pub fn new_message(
     data: SendData,
     sender_id: &str,
     limits: &ContentLimits,
+    types: &[&str],
 ) -> Result<v1::ChatMessage, RequestError> {
     conversation_id(&data.conversation_id)?;
     content(&data.content, limits)?;
     let kind = data.kind.unwrap_or_else(|| "chat".to_owned());
-    if !CLIENT_TYPES.contains(&kind.as_str()) {
-        return Err(RequestError::invalid(
-            "type must be one of chat, file, image, graph",
-        ));
+    if !types.contains(&kind.as_str()) {
+        return Err(RequestError::invalid(format!(
+            "type must be one of {}",
+            types.join(", ")
+        )));
     }
     let attachments = attachments(data.attachments, limits.max_attachments)?;
     if data.content.is_empty() && attachments.is_empty() {
@@ -233,7 +237,7 @@ mod tests {
 
     fn send(json: &str) -> Result<v1::ChatMessage, RequestError> {
         let data: SendData = serde_json::from_str(json).expect("the test data parses");
-        new_message(data, "alice", &LIMITS)
+        new_message(data, "alice", &LIMITS, CLIENT_TYPES)
     }
 
     #[test]

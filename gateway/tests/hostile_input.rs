@@ -84,11 +84,12 @@ fn handle(text: &str) -> Result<(), String> {
         frame["data"]["message"].to_string()
     })?;
     let checked = match request.body {
-        Body::Send(data) => validation::new_message(data, "u", &limits()).map(|message| {
-            assert!(message.content.chars().count() <= 5_000);
-            assert!(message.metadata_json.len() <= 4 * 1024);
-            assert!(message.attachments.len() <= 10);
-        }),
+        Body::Send(data) => validation::new_message(data, "u", &limits(), validation::CLIENT_TYPES)
+            .map(|message| {
+                assert!(message.content.chars().count() <= 5_000);
+                assert!(message.metadata_json.len() <= 4 * 1024);
+                assert!(message.attachments.len() <= 10);
+            }),
         Body::Create(data) => validation::new_conversation(data, "u")
             .map(|create| assert!(create.title.chars().count() <= 255)),
         _ => Ok(()),

@@ -334,7 +334,11 @@ impl<S: Store> Handlers<S> {
     }
 
     async fn create(&self, r: v1::CreateConversationRequest) -> Result<v1::Conversation, Failure> {
-        let mut participant_ids = vec![r.creator_id.clone()];
+        // The creator first; the server API may create a conversation without one.
+        let mut participant_ids: Vec<String> = Some(r.creator_id.clone())
+            .filter(|id| !id.is_empty())
+            .into_iter()
+            .collect();
         for id in r.participant_ids {
             if !participant_ids.contains(&id) {
                 participant_ids.push(id);
@@ -394,7 +398,7 @@ impl<S: Store> Handlers<S> {
         {
             Membership::Active => return Ok(stored.conversation),
             Membership::Left => {}
-            Membership::Never | Membership::NoConversation => {
+            Membership::Never | Membership::NoConversation if !r.by_server => {
                 if stored.conversation.private {
                     return Err(Failure::Forbidden("this conversation is private"));
                 }
@@ -405,6 +409,8 @@ impl<S: Store> Handlers<S> {
                     }
                 }
             }
+            // Added by the application's backend: neither privacy nor a password applies.
+            Membership::Never | Membership::NoConversation => {}
         }
         let added = v1::ParticipantAdded {
             user_id: r.user_id.clone(),

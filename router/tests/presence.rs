@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chat_gateway::testing::client::{Client, create_room, get, upgrade_request};
+use chat_gateway::testing::client::{Client, create_room, get, http, upgrade_request};
 use chat_gateway::testing::{self, Gateway, Running, SECRET, WAIT};
 use chat_proto::testing::NatsServer;
 use serde_json::{Value, json};
@@ -621,4 +621,49 @@ async fn a_client_that_stops_answering_is_cleaned_up_everywhere_within_the_timeo
     assert!(metrics.contains("chat_gateway_connections 0"), "{metrics}");
     assert!(metrics.contains("chat_gateway_rooms 0"), "{metrics}");
     drop(alice);
+}
+
+#[tokio::test]
+async fn the_server_api_answers_presence_from_the_routers() {
+    let setup = Setup::start_with(2, 5, 1, &testing::api_flags()).await;
+    let api = setup.gateways[1].api.expect("the server API listens");
+    let mut alice = setup.client(0, "alice").await;
+    let _bob = setup.client(1, "bob").await;
+    let mut carol = setup.client(0, "carol").await;
+    let room = create_room(&mut alice, &["bob", "carol", "dave"]).await;
+    carol
+        .ok("presence:update", json!({"status": "invisible"}))
+        .await;
+    alice.ok("presence:update", json!({"status": "away"})).await;
+
+    let query = "/api/v1/presence?userIds=alice,bob,carol,dave";
+    let deadline = Instant::now() + WAIT;
+    let expected = json!({"alice": "away", "bob": "online", "carol": "offline", "dave": "offline"});
+    loop {
+        let (status, answer) = http(api, "GET", query, Some(testing::API_KEY), None).await;
+        assert_eq!(status, 200, "{answer}");
+        if answer["statuses"] == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence through the API: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let online = format!("/api/v1/conversations/{room}/online");
+    let (status, answer) = http(api, "GET", &online, Some(testing::API_KEY), None).await;
+    assert_eq!(
+        (status, &answer["userIds"]),
+        (200, &json!(["alice", "bob"]))
+    );
+    let (status, answer) = http(
+        api,
+        "GET",
+        "/api/v1/conversations/none/online",
+        Some(testing::API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!((status, &answer["code"]), (404, &json!("NOT_FOUND")));
 }

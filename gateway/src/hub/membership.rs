@@ -1,5 +1,6 @@
 //! Membership events: the users' joins and removals announced by the worker (on the node's own
-//! subject, through the routers' placement), applied to the local sockets of the user; the
+//! subject, through the routers' placement), applied to the local sockets of the user, and
+//! disconnects ordered through the server API; the
 //! membership cache kept true; the router told each local user's conversations; and, after a
 //! reconnection, every local user's rooms brought in line with the store.
 
@@ -97,6 +98,16 @@ impl Hub {
             Some(user_event::Kind::Removed(removed)) => {
                 self.user_removed(&event.user_id, &removed.conversation_id);
                 self.tell_router_conversations(&event.user_id);
+            }
+            Some(user_event::Kind::Disconnect(disconnect)) => {
+                let reason = if disconnect.banned {
+                    CloseReason::Forbidden
+                } else {
+                    CloseReason::Normal
+                };
+                for socket in self.sockets_of(&event.user_id) {
+                    socket.evict(reason);
+                }
             }
             None => {}
         }

@@ -53,6 +53,8 @@ pub struct Gateway {
     pub ws: SocketAddr,
     /// Its admin listener.
     pub admin: SocketAddr,
+    /// Its server API's listener, when `--api-listen` was given (its port is then a free one).
+    pub api: Option<SocketAddr>,
     /// Its task.
     pub running: Running,
 }
@@ -159,19 +161,30 @@ pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
     let settings = settings(nats_url, extra);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = match settings.config.api_listen {
+        Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        None => None,
+    };
     let (ws, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let api_addr = api.as_ref().map(|api| api.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
         };
-        crate::run(settings, listener, admin, shutdown)
+        let listeners = crate::Listeners {
+            ws: listener,
+            admin,
+            api,
+        };
+        crate::run(settings, listeners, shutdown)
             .await
             .expect("the gateway runs");
     });
     Gateway {
         ws,
         admin: admin_addr,
+        api: api_addr,
         running: Running {
             stop: Some(stop),
             task: Some(task),
@@ -211,6 +224,22 @@ impl Cluster {
     pub async fn restart_worker(&mut self) {
         self.worker = start_worker(&self.nats.url(), db_path(&self.dir), &[]).await;
     }
+}
+
+/// The key of the test gateways' server API.
+pub const API_KEY: &str = "test-api-key-0123456789abcdef0123456789";
+
+/// The flags that turn the server API on, on a free port, with the key [`API_KEY`] (its file
+/// is written once per test process).
+pub fn api_flags() -> [&'static str; 4] {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("chat-test-api-keys-{}", std::process::id()));
+        std::fs::write(&path, format!("# test\nbackend:{API_KEY}\n"))
+            .expect("the keys file is written");
+        path.to_str().expect("a UTF-8 path").to_owned()
+    });
+    ["--api-listen", "127.0.0.1:0", "--api-keys-file", file]
 }
 
 /// A test user's token.

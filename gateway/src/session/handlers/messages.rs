@@ -8,14 +8,14 @@ use std::pin::Pin;
 
 use chat_proto::bus::{self, BusError, Stored};
 use chat_proto::client::{self, DeleteData, EditData, MessageJson, SendData, SyncData};
-use chat_proto::subjects;
 use chat_proto::timestamp::now_ms;
-use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
+use chat_proto::v1::{self, conversation_event::Kind};
 use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
 use crate::history::{self, Window};
+use crate::publish;
 use crate::session::Session;
 use crate::validation;
 
@@ -31,14 +31,6 @@ pub(in crate::session) struct SendOutcome {
     result: Result<Stored, BusError>,
 }
 
-fn created(message: v1::ChatMessage) -> ConversationEvent {
-    let conversation_id = message.conversation_id.clone();
-    let kind = Kind::MessageCreated(v1::MessageCreated {
-        message: Some(message),
-    });
-    ConversationEvent::new(conversation_id, kind)
-}
-
 impl Session {
     pub(super) async fn send(
         &mut self,
@@ -46,7 +38,12 @@ impl Session {
         request_id: Option<&str>,
     ) -> Result<Reply, RequestError> {
         let shared = &self.gateway.shared;
-        let mut message = validation::new_message(data, &self.identity.user_id, &shared.limits)?;
+        let mut message = validation::new_message(
+            data,
+            &self.identity.user_id,
+            &shared.limits,
+            validation::CLIENT_TYPES,
+        )?;
         if shared.client.connection_state() != async_nats::connection::State::Connected {
             // Fails fast instead of waiting out the timeout: the client retries, with the same
             // `clientMessageId`, which never makes a second message.
@@ -54,12 +51,13 @@ impl Session {
         }
         self.require_member(&message.conversation_id).await?;
         message.created_at_ms = now_ms();
-        let dedup_id = message
-            .client_message_id
-            .as_deref()
-            .map(|id| subjects::dedup_id(&self.identity.user_id, &message.conversation_id, id));
-        let ack =
-            bus::start_durable(&shared.js, &created(message.clone()), dedup_id.as_deref()).await?;
+        let dedup_id = publish::dedup_id(&message);
+        let ack = bus::start_durable(
+            &shared.js,
+            &publish::created(message.clone()),
+            dedup_id.as_deref(),
+        )
+        .await?;
         let request_id = request_id.map(str::to_owned);
         Ok(Reply::Later(Box::pin(async move {
             Box::new(SendOutcome {
@@ -74,7 +72,7 @@ impl Session {
     pub(in crate::session) async fn finish_send(&mut self, outcome: Box<SendOutcome>) {
         let SendOutcome {
             request_id,
-            mut message,
+            message,
             result,
         } = *outcome;
         let shared = &self.gateway.shared;
@@ -87,20 +85,7 @@ impl Session {
                 return;
             }
         };
-        shared.hub.observe(stored.seq);
-        message.id = stored.seq;
-        // A duplicate is the first send's message, as it was stored. It is announced again: the
-        // first announcement may have been lost with the first ack (members drop what they have).
-        if stored.duplicate
-            && let Ok(Some(original)) = shared.reader.original(stored.seq).await
-        {
-            message = original;
-        }
-        let mut event = created(message.clone());
-        event.seq = stored.seq;
-        if let Err(error) = bus::publish_live(&shared.client, &event).await {
-            tracing::warn!(%error, "live publish failed; members fill from the stream");
-        }
+        let message = publish::announce_created(shared, message, stored).await;
         if let Some(id) = request_id {
             let data = client::MessageData {
                 message: MessageJson::from(&message),
@@ -118,11 +103,7 @@ impl Session {
         if let Some(conversation_id) = conversation_id {
             validation::conversation_id(conversation_id)?;
         }
-        let shared = &self.gateway.shared;
-        let message = history::current_message(&shared.worker, &shared.reader, id).await?;
-        if conversation_id.is_some_and(|c| c != message.conversation_id) || message.deleted {
-            return Err(RequestError::not_found("no such message"));
-        }
+        let message = publish::existing_message(&self.gateway.shared, id, conversation_id).await?;
         if *message.sender_id != *self.identity.user_id {
             return Err(RequestError::forbidden(
                 "only the sender may change a message",
@@ -130,15 +111,6 @@ impl Session {
         }
         self.require_member(&message.conversation_id).await?;
         Ok(message)
-    }
-
-    /// Stores an event durably and announces it.
-    async fn record(&self, conversation_id: &str, kind: Kind) -> Result<Stored, RequestError> {
-        let shared = &self.gateway.shared;
-        let event = ConversationEvent::new(conversation_id.to_owned(), kind);
-        let (_, stored) = bus::publish(&shared.js, &shared.client, event, None).await?;
-        shared.hub.observe(stored.seq);
-        Ok(stored)
     }
 
     pub(super) async fn edit(&mut self, data: EditData) -> Result<Reply, RequestError> {
@@ -153,8 +125,12 @@ impl Session {
             content: data.content.clone(),
             edited_at_ms,
         };
-        self.record(&message.conversation_id, Kind::MessageEdited(edit))
-            .await?;
+        publish::record(
+            &self.gateway.shared,
+            &message.conversation_id,
+            Kind::MessageEdited(edit),
+        )
+        .await?;
         message.content = data.content;
         message.edited_at_ms = Some(edited_at_ms);
         Ok(Reply::Ack(
@@ -171,8 +147,12 @@ impl Session {
             deleter_id: self.identity.user_id.to_string(),
             deleted_at_ms: now_ms(),
         };
-        self.record(&message.conversation_id, Kind::MessageDeleted(delete))
-            .await?;
+        publish::record(
+            &self.gateway.shared,
+            &message.conversation_id,
+            Kind::MessageDeleted(delete),
+        )
+        .await?;
         Ok(Reply::Ack(json!({})))
     }
 

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
+use crate::presence;
 use crate::session::Session;
 use crate::validation;
 use crate::worker::Detail;
@@ -45,6 +46,7 @@ impl Session {
             user_id: self.identity.user_id.to_string(),
             conversation_id: data.conversation_id,
             password: data.password,
+            by_server: false,
         };
         let conversation = shared.worker.join(request).await?;
         self.join_local(&conversation).await
@@ -96,18 +98,8 @@ impl Session {
     pub(super) async fn online(&mut self, data: ConversationRef) -> Result<Reply, RequestError> {
         validation::conversation_id(&data.conversation_id)?;
         self.require_member(&data.conversation_id).await?;
-        let router = self.router()?;
-        let shared = &self.gateway.shared;
-        // Every member, not the first 100 a conversation carries.
-        let conversation = shared
-            .worker
-            .conversation(&data.conversation_id, Detail::AllParticipants)
-            .await?;
-        let mut user_ids = router
-            .routers()
-            .online_members(conversation.participant_ids)
-            .await?;
-        user_ids.sort_unstable();
+        let user_ids =
+            presence::online_members(&self.gateway.shared, &data.conversation_id).await?;
         Ok(Reply::Ack(json!({ "userIds": user_ids })))
     }
 }

@@ -1,0 +1,119 @@
+//! Conversations and their participants. Membership changes are made by the worker, which
+//! tells the users' nodes: the participants' live sockets join or leave at once and get
+//! `conversation:new`, `conversation:joined` or `conversation:removed`; the other members get
+//! `participant:added` or `participant:removed` from the conversation's events.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chat_proto::client::{ConversationJson, CreateData};
+use chat_proto::v1;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, Body};
+use crate::error::RequestError;
+use crate::worker::Detail;
+use crate::{presence, validation};
+
+/// `POST /conversations`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewConversation {
+    title: Option<String>,
+    participant_ids: Vec<String>,
+    private: Option<bool>,
+    password: Option<String>,
+    created_by: Option<String>,
+}
+
+/// `POST /conversations/{id}/participants`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewParticipant {
+    user_id: String,
+}
+
+fn conversation(conversation: &v1::Conversation) -> Json<Value> {
+    Json(json!({ "conversation": ConversationJson::from(conversation) }))
+}
+
+pub(super) async fn create(
+    State(api): State<Api>,
+    Body(data): Body<NewConversation>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let creator = data.created_by.unwrap_or_default();
+    if !creator.is_empty() {
+        validation::user_id(&creator)?;
+    }
+    if creator.is_empty() && data.participant_ids.is_empty() {
+        return Err(
+            RequestError::invalid("a conversation needs participantIds or createdBy").into(),
+        );
+    }
+    let request = validation::new_conversation(
+        CreateData {
+            title: data.title,
+            participant_ids: data.participant_ids,
+            private: data.private,
+            password: data.password,
+        },
+        &creator,
+    )?;
+    let created = api.gateway.shared.worker.create(request).await?;
+    Ok((StatusCode::CREATED, conversation(&created)))
+}
+
+pub(super) async fn get(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validation::conversation_id(&id)?;
+    let found = api
+        .gateway
+        .shared
+        .worker
+        .conversation(&id, Detail::ForReader(""))
+        .await?;
+    Ok(conversation(&found))
+}
+
+pub(super) async fn add_participant(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Body(data): Body<NewParticipant>,
+) -> Result<Json<Value>, ApiError> {
+    validation::conversation_id(&id)?;
+    validation::user_id(&data.user_id)?;
+    let request = v1::JoinConversationRequest {
+        user_id: data.user_id,
+        conversation_id: id,
+        password: None,
+        by_server: true,
+    };
+    let joined = api.gateway.shared.worker.join(request).await?;
+    Ok(conversation(&joined))
+}
+
+pub(super) async fn remove_participant(
+    State(api): State<Api>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    validation::conversation_id(&id)?;
+    validation::user_id(&user_id)?;
+    let request = v1::LeaveConversationRequest {
+        user_id,
+        conversation_id: id,
+    };
+    let left = api.gateway.shared.worker.leave(request).await?;
+    Ok(conversation(&left))
+}
+
+pub(super) async fn online(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validation::conversation_id(&id)?;
+    let user_ids = presence::online_members(&api.gateway.shared, &id).await?;
+    Ok(Json(json!({ "userIds": user_ids })))
+}

@@ -1,0 +1,95 @@
+//! Messages posted by the backend (also `system` and `robot` ones, which clients cannot send)
+//! and deleted by moderation. A post goes through the stream as a socket's send does: members get
+//! `message:new`, and a repeated `clientMessageId` yields the first message.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chat_proto::client::{AttachmentData, MessageJson, SendData};
+use chat_proto::timestamp::now_ms;
+use chat_proto::v1::{self, conversation_event::Kind};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, Body};
+use crate::error::RequestError;
+use crate::worker::Detail;
+use crate::{publish, validation};
+
+/// `POST /conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewMessage {
+    sender_id: String,
+    content: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    metadata: Option<Box<RawValue>>,
+    #[serde(default)]
+    attachments: Vec<AttachmentData>,
+    reply_to: Option<u64>,
+    client_message_id: Option<String>,
+}
+
+pub(super) async fn create(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Body(data): Body<NewMessage>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let shared = &api.gateway.shared;
+    validation::user_id(&data.sender_id)?;
+    let send = SendData {
+        conversation_id: id,
+        content: data.content,
+        kind: data.kind,
+        attachments: data.attachments,
+        reply_to: data.reply_to,
+        metadata: data.metadata,
+        client_message_id: data.client_message_id,
+    };
+    let mut message = validation::new_message(
+        send,
+        &data.sender_id,
+        &shared.limits,
+        validation::SERVER_TYPES,
+    )?;
+    // The conversation must exist; the sender need not be a member (a bot, the system).
+    shared
+        .worker
+        .conversation(&message.conversation_id, Detail::ForReader(""))
+        .await?;
+    message.created_at_ms = now_ms();
+    let message = publish::create_message(shared, message).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "message": MessageJson::from(&message) })),
+    ))
+}
+
+pub(super) async fn delete(
+    State(api): State<Api>,
+    Path((id, message_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let shared = &api.gateway.shared;
+    validation::conversation_id(&id)?;
+    let message_id: u64 = message_id
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| RequestError::invalid("messageId must be a positive integer"))?;
+    let message = publish::existing_message(shared, message_id, Some(&id)).await?;
+    let delete = v1::MessageDeleted {
+        message_id: message.id,
+        // Deleted by moderation: by no member.
+        deleter_id: String::new(),
+        deleted_at_ms: now_ms(),
+    };
+    publish::record(
+        shared,
+        &message.conversation_id,
+        Kind::MessageDeleted(delete),
+    )
+    .await?;
+    Ok(Json(json!({})))
+}
