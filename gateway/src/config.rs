@@ -252,6 +252,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
+    /// A JSON file of roles and their permissions, `{"role": ["createConversations", ...]}`:
+    /// it replaces the defaults of the roles it names and adds others (see docs/security.md,
+    /// "Roles"). Permissions: createConversations, manageParticipants, sendAttachments,
+    /// joinPublic, moderateMessages, ban.
+    #[arg(long, env = "CHAT_PERMISSIONS_FILE")]
+    pub permissions_file: Option<PathBuf>,
+
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,
@@ -277,6 +284,9 @@ pub enum ConfigError {
     /// The server API's keys file.
     #[error("--api-keys-file: {0}")]
     ApiKeys(#[from] crate::api::KeysError),
+    /// The permissions file.
+    #[error("--permissions-file: {0}")]
+    Permissions(#[from] crate::permissions::PermissionsError),
 }
 
 /// The origins that may connect.
@@ -316,6 +326,8 @@ pub struct Settings {
     pub resume: Option<crate::resume::ResumeKeys>,
     /// The server API's keys, when it listens.
     pub api_keys: Option<crate::api::ApiKeys>,
+    /// What each role may do.
+    pub permissions: crate::permissions::Permissions,
 }
 
 /// The largest `--max-transport-bytes`: 1 GiB.
@@ -566,6 +578,10 @@ impl Config {
             Some(path) => Some(crate::api::ApiKeys::load(path)?),
             None => None,
         };
+        let permissions = match &self.permissions_file {
+            Some(path) => crate::permissions::Permissions::load(path)?,
+            None => crate::permissions::Permissions::default(),
+        };
         let resume = crate::resume::ResumeKeys::new(
             self.resume_secret.as_deref(),
             self.jwt_secret.as_deref(),
@@ -578,6 +594,7 @@ impl Config {
             node_id,
             resume,
             api_keys,
+            permissions,
         })
     }
 }

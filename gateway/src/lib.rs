@@ -17,6 +17,7 @@ pub mod error;
 pub mod history;
 pub mod hub;
 pub mod limits;
+pub mod permissions;
 pub mod presence;
 mod publish;
 pub mod request;

@@ -61,6 +61,18 @@ pub enum Body {
     PresenceUpdate(StatusData),
     /// `presence:query`.
     PresenceQuery(UsersData),
+    /// `participant:add` (true) or `participant:remove`.
+    Participant(ParticipantData, bool),
+}
+
+/// `participant:add` and `participant:remove` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantData {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The user added or removed.
+    pub user_id: String,
 }
 
 /// `presence:update` data.
@@ -101,6 +113,8 @@ impl Body {
             Self::Receipt(_, false) => "message:delivered",
             Self::PresenceUpdate(_) => "presence:update",
             Self::PresenceQuery(_) => "presence:query",
+            Self::Participant(_, true) => "participant:add",
+            Self::Participant(_, false) => "participant:remove",
         }
     }
 
@@ -126,6 +140,8 @@ impl Body {
             "message:read" => Self::Receipt(parse(data)?, true),
             "presence:update" => Self::PresenceUpdate(parse(data)?),
             "presence:query" => Self::PresenceQuery(parse(data)?),
+            "participant:add" => Self::Participant(parse(data)?, true),
+            "participant:remove" => Self::Participant(parse(data)?, false),
             _ => return Err(RequestError::protocol("unknown event")),
         })
     }

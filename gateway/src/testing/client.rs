@@ -54,6 +54,18 @@ impl Client {
             .expect("the upgrade succeeds")
     }
 
+    /// Like [`Client::connect`], with a token whose `role` claim is `role`.
+    pub async fn connect_as(url: &str, user: &str, role: &str) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        let bearer = format!("Bearer {}", super::role_token(user, role));
+        request
+            .headers_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        Self::connect_with(request)
+            .await
+            .expect("the upgrade succeeds")
+    }
+
     /// Upgrades with `request` and reads `connected`; the upgrade's refusal is the error.
     pub async fn connect_with(request: Request) -> Result<Self, tungstenite::Error> {
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;

@@ -246,3 +246,13 @@ pub fn api_flags() -> [&'static str; 4] {
 pub fn token(user: &str) -> String {
     crate::auth::mint_hs256(SECRET.as_bytes(), user, Duration::from_secs(3600), None)
 }
+
+/// A test user's token with a `role` claim.
+pub fn role_token(user: &str, role: &str) -> String {
+    crate::auth::mint_hs256(
+        SECRET.as_bytes(),
+        user,
+        Duration::from_secs(3600),
+        Some(role),
+    )
+}

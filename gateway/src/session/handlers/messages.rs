@@ -15,6 +15,7 @@ use serde_json::json;
 use super::Reply;
 use crate::error::RequestError;
 use crate::history::{self, Window};
+use crate::permissions::Permission;
 use crate::publish;
 use crate::session::Session;
 use crate::validation;
@@ -38,6 +39,9 @@ impl Session {
         request_id: Option<&str>,
     ) -> Result<Reply, RequestError> {
         let shared = &self.gateway.shared;
+        if !data.attachments.is_empty() {
+            self.require(Permission::SendAttachments)?;
+        }
         let mut message = validation::new_message(
             data,
             &self.identity.user_id,
@@ -94,8 +98,9 @@ impl Session {
         }
     }
 
-    /// The message `id` if it is the user's own and still there.
-    async fn own_message(
+    /// The message `id` if it is still there and the user may change it: their own, or any in
+    /// their conversations with the permission `moderateMessages`.
+    async fn changeable_message(
         &self,
         id: u64,
         conversation_id: Option<&str>,
@@ -104,9 +109,11 @@ impl Session {
             validation::conversation_id(conversation_id)?;
         }
         let message = publish::existing_message(&self.gateway.shared, id, conversation_id).await?;
-        if *message.sender_id != *self.identity.user_id {
+        if *message.sender_id != *self.identity.user_id
+            && !self.allows(Permission::ModerateMessages)
+        {
             return Err(RequestError::forbidden(
-                "only the sender may change a message",
+                "only the sender may change a message (or a role with the permission moderateMessages)",
             ));
         }
         self.require_member(&message.conversation_id).await?;
@@ -116,7 +123,7 @@ impl Session {
     pub(super) async fn edit(&mut self, data: EditData) -> Result<Reply, RequestError> {
         validation::content(&data.content, &self.gateway.shared.limits)?;
         let mut message = self
-            .own_message(data.message_id, data.conversation_id.as_deref())
+            .changeable_message(data.message_id, data.conversation_id.as_deref())
             .await?;
         let edited_at_ms = now_ms();
         let edit = v1::MessageEdited {
@@ -140,7 +147,7 @@ impl Session {
 
     pub(super) async fn delete(&mut self, data: DeleteData) -> Result<Reply, RequestError> {
         let message = self
-            .own_message(data.message_id, data.conversation_id.as_deref())
+            .changeable_message(data.message_id, data.conversation_id.as_deref())
             .await?;
         let delete = v1::MessageDeleted {
             message_id: message.id,

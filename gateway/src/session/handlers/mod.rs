@@ -1,5 +1,6 @@
 //! The request handlers, one module per family: [`auth`] (auth, resume, ping), [`messages`]
-//! (send, edit, delete, sync), [`rooms`] (create, join, leave, list, info, online),
+//! (send, edit, delete, sync), [`rooms`] (create, join, leave, list, info, online, and
+//! participants added and removed by members),
 //! [`presence`], [`typing`] and [`receipts`]. Each takes its typed data and answers with a
 //! [`Reply`] or a [`RequestError`]; [`Session::on_text`] decodes the frame, dispatches it and
 //! puts the answer on the wire.
@@ -17,6 +18,7 @@ use chat_proto::client;
 
 use super::Session;
 use crate::error::RequestError;
+use crate::permissions::Permission;
 use crate::request::{self, Body, Refusal};
 use crate::resume;
 
@@ -118,7 +120,26 @@ impl Session {
             Body::Receipt(data, read) => self.receipt(data, read).await,
             Body::PresenceUpdate(data) => self.update_presence(&data),
             Body::PresenceQuery(data) => self.query_presence(data).await,
+            Body::Participant(data, add) => self.change_participant(data, add).await,
         }
+    }
+
+    /// `FORBIDDEN`, naming the permission, unless the user's role has it.
+    fn require(&self, permission: Permission) -> Result<(), RequestError> {
+        self.gateway
+            .shared
+            .settings
+            .permissions
+            .require(self.identity.role.as_deref(), permission)
+    }
+
+    /// Whether the user's role has `permission`.
+    fn allows(&self, permission: Permission) -> bool {
+        self.gateway
+            .shared
+            .settings
+            .permissions
+            .allows(self.identity.role.as_deref(), permission)
     }
 
     /// Counts a message sent, edited or deleted against the user's rate on this node.

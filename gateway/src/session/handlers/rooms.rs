@@ -1,14 +1,17 @@
-//! `room:create`, `room:join`, `room:leave`, `room:list`, `room:info` and `room:online`.
+//! `room:create`, `room:join`, `room:leave`, `room:list`, `room:info`, `room:online`,
+//! `participant:add` and `participant:remove`.
 //! Membership changes are made by the worker (durable before they are announced); this node's
 //! sockets of the user join before the ack, so nothing published after it is missed.
 
-use chat_proto::client::{ConversationJson, ConversationRef, CreateData, JoinData};
+use chat_proto::client::{ConversationJson, ConversationRef, CreateData, ErrorCode, JoinData};
 use chat_proto::v1;
 use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
+use crate::permissions::{self, Permission};
 use crate::presence;
+use crate::request::ParticipantData;
 use crate::session::Session;
 use crate::validation;
 use crate::worker::Detail;
@@ -28,6 +31,7 @@ impl Session {
     }
 
     pub(super) async fn create(&mut self, data: CreateData) -> Result<Reply, RequestError> {
+        self.require(Permission::CreateConversations)?;
         let request = validation::new_conversation(data, &self.identity.user_id)?;
         let shared = &self.gateway.shared;
         shared.hub.check_room_limit(self.socket.id, None)?;
@@ -38,6 +42,18 @@ impl Session {
     pub(super) async fn join(&mut self, data: JoinData) -> Result<Reply, RequestError> {
         validation::conversation_id(&data.conversation_id)?;
         validation::password(data.password.as_deref())?;
+        if !self.allows(Permission::JoinPublic) {
+            // Without it, a user may only join what they are a member of (a no-op).
+            match self.require_member(&data.conversation_id).await {
+                Err(error) if error.code == ErrorCode::Forbidden => {
+                    return Err(permissions::refusal(
+                        self.identity.role.as_deref(),
+                        Permission::JoinPublic,
+                    ));
+                }
+                checked => checked?,
+            }
+        }
         let shared = &self.gateway.shared;
         shared
             .hub
@@ -89,6 +105,38 @@ impl Session {
         if conversation.private {
             self.require_member(&conversation.id).await?;
         }
+        Ok(Reply::Ack(
+            json!({ "conversation": ConversationJson::from(&conversation) }),
+        ))
+    }
+
+    /// A member adds another user (privacy and passwords do not apply to members) or removes
+    /// one, with the permission `manageParticipants`; as through the server API.
+    pub(super) async fn change_participant(
+        &mut self,
+        data: ParticipantData,
+        add: bool,
+    ) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        validation::user_id(&data.user_id)?;
+        self.require(Permission::ManageParticipants)?;
+        self.require_member(&data.conversation_id).await?;
+        let worker = &self.gateway.shared.worker;
+        let conversation = if add {
+            let request = v1::JoinConversationRequest {
+                user_id: data.user_id,
+                conversation_id: data.conversation_id,
+                password: None,
+                by_server: true,
+            };
+            worker.join(request).await?
+        } else {
+            let request = v1::LeaveConversationRequest {
+                user_id: data.user_id,
+                conversation_id: data.conversation_id,
+            };
+            worker.leave(request).await?
+        };
         Ok(Reply::Ack(
             json!({ "conversation": ConversationJson::from(&conversation) }),
         ))
