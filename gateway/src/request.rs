@@ -63,6 +63,24 @@ pub enum Body {
     PresenceQuery(UsersData),
     /// `participant:add` (true) or `participant:remove`.
     Participant(ParticipantData, bool),
+    /// `room:ban`.
+    Ban(BanData),
+    /// `room:unban`.
+    Unban(ParticipantData),
+}
+
+/// `room:ban` data.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BanData {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The user banned.
+    pub user_id: String,
+    /// How long; none: until unbanned.
+    pub duration_secs: Option<u64>,
+    /// Why, for the record.
+    pub reason: Option<String>,
 }
 
 /// `participant:add` and `participant:remove` data.
@@ -115,6 +133,8 @@ impl Body {
             Self::PresenceQuery(_) => "presence:query",
             Self::Participant(_, true) => "participant:add",
             Self::Participant(_, false) => "participant:remove",
+            Self::Ban(_) => "room:ban",
+            Self::Unban(_) => "room:unban",
         }
     }
 
@@ -142,6 +162,8 @@ impl Body {
             "presence:query" => Self::PresenceQuery(parse(data)?),
             "participant:add" => Self::Participant(parse(data)?, true),
             "participant:remove" => Self::Participant(parse(data)?, false),
+            "room:ban" => Self::Ban(parse(data)?),
+            "room:unban" => Self::Unban(parse(data)?),
             _ => return Err(RequestError::protocol("unknown event")),
         })
     }

@@ -214,6 +214,45 @@ pub fn new_conversation(
     })
 }
 
+/// The longest ban with an end: 10 years (longer: ban without `durationSecs`).
+pub const MAX_BAN_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Checks a ban and builds the request to the worker: no `durationSecs` bans until unbanned.
+pub fn ban(
+    conversation_id: String,
+    user_id: String,
+    duration_secs: Option<u64>,
+    reason: Option<String>,
+    banned_by: &str,
+) -> Result<v1::BanRequest, RequestError> {
+    self::conversation_id(&conversation_id)?;
+    self::user_id(&user_id)?;
+    let duration_ms = match duration_secs {
+        None => 0,
+        Some(secs) if (1..=MAX_BAN_SECS).contains(&secs) => {
+            i64::try_from(secs * 1000).unwrap_or(i64::MAX)
+        }
+        Some(_) => {
+            return Err(RequestError::invalid(format!(
+                "durationSecs must be 1 to {MAX_BAN_SECS} (none: until unbanned)"
+            )));
+        }
+    };
+    let reason = reason.unwrap_or_default();
+    if !chars_at_most(&reason, MAX_LABEL_CHARS) {
+        return Err(RequestError::invalid(
+            "reason is longer than 255 characters",
+        ));
+    }
+    Ok(v1::BanRequest {
+        conversation_id,
+        user_id,
+        duration_ms,
+        reason,
+        banned_by: banned_by.to_owned(),
+    })
+}
+
 /// Checks a room password.
 pub fn password(password: Option<&str>) -> Result<(), RequestError> {
     if password.is_some_and(|p| !chars_at_most(p, MAX_PASSWORD_CHARS)) {

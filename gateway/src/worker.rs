@@ -176,6 +176,22 @@ impl WorkerClient {
         Ok(())
     }
 
+    /// Bans a user from a conversation (removing them if they are a member).
+    pub async fn ban(&self, request: v1::BanRequest) -> Result<(), CallError> {
+        let _: v1::BanReply = self.call(rpc::BAN, &request).await?;
+        Ok(())
+    }
+
+    /// Ends a user's ban from a conversation.
+    pub async fn unban(&self, conversation_id: &str, user_id: &str) -> Result<(), CallError> {
+        let request = v1::UnbanRequest {
+            conversation_id: conversation_id.to_owned(),
+            user_id: user_id.to_owned(),
+        };
+        let _: v1::BanReply = self.call(rpc::UNBAN, &request).await?;
+        Ok(())
+    }
+
     /// A page of history from the store, with the store's committed position.
     pub async fn history(
         &self,

@@ -231,6 +231,21 @@ impl<S: Store> Handlers<S> {
                     .await?;
                 conversation_reply(conversation)
             }
+            rpc::BAN => {
+                self.ban(v1::BanRequest::decode(payload)?).await?;
+                v1::BanReply {}.encode_to_vec()
+            }
+            rpc::UNBAN => {
+                let r = v1::UnbanRequest::decode(payload)?;
+                self.load(&r.conversation_id).await?;
+                let unbanned = v1::ParticipantUnbanned {
+                    user_id: r.user_id,
+                    at_ms: timestamp::now_ms(),
+                };
+                self.record(&r.conversation_id, Kind::ParticipantUnbanned(unbanned))
+                    .await?;
+                v1::BanReply {}.encode_to_vec()
+            }
             rpc::HISTORY => {
                 let r = v1::HistoryRequest::decode(payload)?;
                 let window = Window::new(r.after_id, r.before_id);
@@ -397,6 +412,11 @@ impl<S: Store> Handlers<S> {
             .await?
         {
             Membership::Active => return Ok(stored.conversation),
+            Membership::Left | Membership::Never | Membership::NoConversation
+                if !r.by_server && self.banned(&r.user_id, &r.conversation_id).await? =>
+            {
+                return Err(Failure::Forbidden("banned from this conversation"));
+            }
             Membership::Left => {}
             Membership::Never | Membership::NoConversation if !r.by_server => {
                 if stored.conversation.private {
@@ -428,6 +448,50 @@ impl<S: Store> Handlers<S> {
         let kind = v1::user_event::Kind::Joined(joined);
         self.announce(&users[0], kind, placement.as_ref()).await;
         Ok(conversation)
+    }
+
+    /// Whether a ban keeps `user_id` out of the conversation now.
+    async fn banned(&self, user_id: &str, conversation_id: &str) -> Result<bool, Failure> {
+        Ok(match self.store.ban(user_id, conversation_id).await? {
+            Some(0) => true,
+            Some(until_ms) => until_ms > timestamp::now_ms(),
+            None => false,
+        })
+    }
+
+    /// Bans a user (recorded first, so that no join slips in between) and removes them if they
+    /// are a member: their sockets leave at once, the others get `participant:removed`.
+    async fn ban(&self, r: v1::BanRequest) -> Result<(), Failure> {
+        self.load(&r.conversation_id).await?;
+        if r.duration_ms < 0 {
+            return Err(Failure::Invalid("durationSecs must not be negative".into()));
+        }
+        let now = timestamp::now_ms();
+        let banned = v1::ParticipantBanned {
+            user_id: r.user_id.clone(),
+            until_ms: if r.duration_ms == 0 {
+                0
+            } else {
+                now.saturating_add(r.duration_ms)
+            },
+            reason: r.reason,
+            banned_by: r.banned_by,
+            at_ms: now,
+        };
+        self.record(&r.conversation_id, Kind::ParticipantBanned(banned))
+            .await?;
+        let member = self
+            .store
+            .membership(&r.user_id, &r.conversation_id)
+            .await?;
+        if member == Membership::Active {
+            let leave = v1::LeaveConversationRequest {
+                user_id: r.user_id,
+                conversation_id: r.conversation_id,
+            };
+            self.leave(leave).await?;
+        }
+        Ok(())
     }
 
     async fn leave(&self, r: v1::LeaveConversationRequest) -> Result<v1::Conversation, Failure> {

@@ -450,7 +450,12 @@ pub fn conversation_push(event: &v1::ConversationEvent) -> Option<(String, Deliv
             );
             return Some((frame, Delivery::Ephemeral));
         }
-        Kind::ConversationCreated(_) => return None,
+        // A ban is told through the removal it comes with; members are not told of bans.
+        Kind::ConversationCreated(_)
+        | Kind::ParticipantBanned(_)
+        | Kind::ParticipantUnbanned(_) => {
+            return None;
+        }
     };
     Some((frame, Delivery::Durable))
 }

@@ -37,6 +37,10 @@ pub mod rpc {
     pub const GET_MESSAGE: &str = "chat.rpc.message.get";
     /// `MarkReadRequest` → `MarkReadReply`.
     pub const MARK_READ: &str = "chat.rpc.conversation.mark-read";
+    /// `BanRequest` → `BanReply`.
+    pub const BAN: &str = "chat.rpc.conversation.ban";
+    /// `UnbanRequest` → `BanReply`.
+    pub const UNBAN: &str = "chat.rpc.conversation.unban";
     /// Every subject above, for the worker to subscribe to.
     pub const ALL: &[&str] = &[
         MEMBERSHIP,
@@ -48,6 +52,8 @@ pub mod rpc {
         HISTORY,
         GET_MESSAGE,
         MARK_READ,
+        BAN,
+        UNBAN,
     ];
     /// Header set on a reply that carries an `RpcError` instead of the expected reply.
     pub const ERROR_HEADER: &str = "Chat-Error";

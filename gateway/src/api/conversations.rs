@@ -27,6 +27,15 @@ pub(super) struct NewConversation {
     created_by: Option<String>,
 }
 
+/// `POST /conversations/{id}/bans`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NewBan {
+    user_id: String,
+    duration_secs: Option<u64>,
+    reason: Option<String>,
+}
+
 /// `POST /conversations/{id}/participants`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -116,4 +125,25 @@ pub(super) async fn online(
     validation::conversation_id(&id)?;
     let user_ids = presence::online_members(&api.gateway.shared, &id).await?;
     Ok(Json(json!({ "userIds": user_ids })))
+}
+
+pub(super) async fn ban(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Body(data): Body<NewBan>,
+) -> Result<Json<Value>, ApiError> {
+    // Banned by the backend: by no member.
+    let request = validation::ban(id, data.user_id, data.duration_secs, data.reason, "")?;
+    api.gateway.shared.worker.ban(request).await?;
+    Ok(Json(json!({})))
+}
+
+pub(super) async fn unban(
+    State(api): State<Api>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    validation::conversation_id(&id)?;
+    validation::user_id(&user_id)?;
+    api.gateway.shared.worker.unban(&id, &user_id).await?;
+    Ok(Json(json!({})))
 }

@@ -79,6 +79,11 @@ fn routes(api: Api) -> Router {
             "/api/v1/conversations/{id}/messages/{messageId}",
             delete(messages::delete),
         )
+        .route("/api/v1/conversations/{id}/bans", post(conversations::ban))
+        .route(
+            "/api/v1/conversations/{id}/bans/{userId}",
+            delete(conversations::unban),
+        )
         .route(
             "/api/v1/conversations/{id}/online",
             get(conversations::online),

@@ -4,7 +4,8 @@
 
 use chat_proto::v1::{
     ChatMessage, Conversation, ConversationCreated, ConversationEvent, MessageCreated,
-    MessageDeleted, MessageEdited, ParticipantAdded, ParticipantRemoved, conversation_event::Kind,
+    MessageDeleted, MessageEdited, ParticipantAdded, ParticipantBanned, ParticipantRemoved,
+    ParticipantUnbanned, conversation_event::Kind,
 };
 
 use super::{LISTED_PARTICIPANTS, Membership, Page, Store, Window};
@@ -20,6 +21,7 @@ pub async fn check_all<S: Store>(store: &S) {
     ids_full_of_odd_characters_round_trip(store).await;
     read_markers_only_move_forward(store).await;
     a_big_room_lists_its_first_members_and_counts_them_all(store).await;
+    a_ban_follows_the_newest_change(store).await;
 }
 
 /// Every message of `conversation_id` that `store` holds, in id order, page by page.
@@ -349,4 +351,60 @@ async fn a_big_room_lists_its_first_members_and_counts_them_all<S: Store>(store:
     );
     let all = store.conversation(c, 10_000).await.unwrap().unwrap();
     assert_eq!(all.conversation.participant_ids, stayed);
+}
+
+async fn a_ban_follows_the_newest_change<S: Store>(store: &S) {
+    let c = "conformance-bans";
+    let banned = |seq, until_ms| {
+        let ban = ParticipantBanned {
+            user_id: "mallory".into(),
+            until_ms,
+            reason: "spam".into(),
+            banned_by: "sam".into(),
+            at_ms: 0,
+        };
+        event(c, seq, Kind::ParticipantBanned(ban))
+    };
+    let unbanned = |seq| {
+        let user_id = "mallory".into();
+        event(
+            c,
+            seq,
+            Kind::ParticipantUnbanned(ParticipantUnbanned { user_id, at_ms: 0 }),
+        )
+    };
+    assert_eq!(store.ban("mallory", c).await.unwrap(), None);
+    store.apply(vec![banned(601, 0)], None).await.unwrap();
+    assert_eq!(
+        store.ban("mallory", c).await.unwrap(),
+        Some(0),
+        "until unbanned"
+    );
+    assert_eq!(
+        store.ban("alice", c).await.unwrap(),
+        None,
+        "others are not banned"
+    );
+    store
+        .apply(vec![banned(603, 1_900_000_000_000)], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ban("mallory", c).await.unwrap(),
+        Some(1_900_000_000_000)
+    );
+    // An older ban, redelivered late, does not replace the newer one; an unban ends it in the
+    // past, and an older ban cannot bring it back.
+    store.apply(vec![banned(602, 0)], None).await.unwrap();
+    assert_eq!(
+        store.ban("mallory", c).await.unwrap(),
+        Some(1_900_000_000_000)
+    );
+    store.apply(vec![unbanned(605)], None).await.unwrap();
+    store.apply(vec![banned(604, 0)], None).await.unwrap();
+    assert_eq!(
+        store.ban("mallory", c).await.unwrap(),
+        Some(1),
+        "ended long ago"
+    );
 }

@@ -69,6 +69,8 @@ struct Statements {
     messages_up: PreparedStatement,
     message_conversation: PreparedStatement,
     message: PreparedStatement,
+    set_ban: PreparedStatement,
+    ban: PreparedStatement,
 }
 
 /// The CQL store; a cheap `Clone` handle over one session.
@@ -143,6 +145,15 @@ impl CqlStore {
                  VALUES (?, ?, ?) USING TIMESTAMP ?",
             )
             .await?,
+            // The event's sequence is the write timestamp: the later of a ban and an unban
+            // wins, whichever worker writes first. An unban ends the ban at 1 (long past).
+            set_ban: prepare(
+                "INSERT INTO bans (conversation_id, user_id, until_ms) VALUES (?, ?, ?) \
+                 USING TIMESTAMP ?",
+            )
+            .await?,
+            ban: prepare("SELECT until_ms FROM bans WHERE conversation_id = ? AND user_id = ?")
+                .await?,
             set_position: prepare(
                 "INSERT INTO positions (name, seq) VALUES ('committed', ?) USING TIMESTAMP ?",
             )
@@ -313,6 +324,14 @@ impl CqlStore {
                 self.set_member(conversation_id, &removed.user_id, false, seq)
                     .await
             }
+            Some(Kind::ParticipantBanned(banned)) => {
+                let row = (conversation_id, &banned.user_id, banned.until_ms, seq);
+                self.write(&s.set_ban, row).await
+            }
+            Some(Kind::ParticipantUnbanned(unbanned)) => {
+                let row = (conversation_id, &unbanned.user_id, 1_i64, seq);
+                self.write(&s.set_ban, row).await
+            }
             // Typing and receipts are live only.
             Some(Kind::Typing(_) | Kind::Receipt(_)) | None => Ok(()),
         }
@@ -482,6 +501,13 @@ impl Store for CqlStore {
             );
         }
         Ok(markers)
+    }
+
+    async fn ban(&self, user_id: &str, conversation_id: &str) -> Result<Option<i64>, StoreError> {
+        let rows: Vec<(i64,)> = self
+            .rows(&self.statements.ban, (conversation_id, user_id))
+            .await?;
+        Ok(rows.first().map(|(until,)| *until))
     }
 
     async fn membership(

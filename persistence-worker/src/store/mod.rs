@@ -169,6 +169,14 @@ pub trait Store: Send + Sync + 'static {
         conversation_ids: &[String],
     ) -> impl Future<Output = Result<HashMap<String, u64>, StoreError>> + Send;
 
+    /// When `user_id`'s ban from `conversation_id` ends, if banned: `Some(0)` for a ban
+    /// without an end. An ended ban may still be returned: the caller compares with the time.
+    fn ban(
+        &self,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
     /// One message by id, as it is now (edited, or a tombstone).
     fn message(
         &self,

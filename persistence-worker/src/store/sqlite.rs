@@ -68,6 +68,15 @@ CREATE TABLE read_markers (
     PRIMARY KEY (user_id, conversation_id)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE bans (
+    conversation_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    until_ms INTEGER NOT NULL,
+    updated_seq INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, user_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Takes the exclusive lock of the store at `path` (a file beside it, so that SQLite's own locks
@@ -231,6 +240,10 @@ fn apply_event(tx: &Transaction<'_>, event: &ConversationEvent) -> Result<(), St
         }
         Kind::ParticipantAdded(p) => set_member(tx, conversation_id, &p.user_id, true, seq)?,
         Kind::ParticipantRemoved(p) => set_member(tx, conversation_id, &p.user_id, false, seq)?,
+        Kind::ParticipantBanned(b) => {
+            set_ban(tx, conversation_id, &b.user_id, Some(b.until_ms), seq)?;
+        }
+        Kind::ParticipantUnbanned(u) => set_ban(tx, conversation_id, &u.user_id, None, seq)?,
         Kind::Typing(_) | Kind::Receipt(_) => {}
     }
     Ok(())
@@ -248,6 +261,31 @@ fn set_member(
          SET active = excluded.active, updated_seq = excluded.updated_seq
          WHERE members.updated_seq < excluded.updated_seq")?
                 .execute(params![conversation_id, user_id, active, seq])?;
+    Ok(())
+}
+
+/// A ban (`until_ms`, 0 for none) or its end (`None`); the later event wins.
+fn set_ban(
+    tx: &Transaction<'_>,
+    conversation_id: &str,
+    user_id: &str,
+    until_ms: Option<i64>,
+    seq: i64,
+) -> Result<(), StoreError> {
+    // An unban is kept as a row ending at 1 (long past), so that an older ban applied later
+    // cannot bring it back.
+    tx.prepare_cached(
+        "INSERT INTO bans (conversation_id, user_id, until_ms, updated_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (conversation_id, user_id) DO UPDATE
+         SET until_ms = excluded.until_ms, updated_seq = excluded.updated_seq
+         WHERE bans.updated_seq < excluded.updated_seq",
+    )?
+    .execute(params![
+        conversation_id,
+        user_id,
+        until_ms.unwrap_or(1),
+        seq
+    ])?;
     Ok(())
 }
 
@@ -407,6 +445,19 @@ impl Store for SqliteStore {
                 }
             }
             Ok(markers)
+        })
+        .await
+    }
+
+    async fn ban(&self, user_id: &str, conversation_id: &str) -> Result<Option<i64>, StoreError> {
+        let (user_id, conversation_id) = (user_id.to_owned(), conversation_id.to_owned());
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT until_ms FROM bans WHERE conversation_id = ?1 AND user_id = ?2",
+                params![conversation_id, user_id],
+                |row| row.get(0),
+            )
+            .optional()?)
         })
         .await
     }

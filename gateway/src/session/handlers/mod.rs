@@ -1,6 +1,6 @@
 //! The request handlers, one module per family: [`auth`] (auth, resume, ping), [`messages`]
-//! (send, edit, delete, sync), [`rooms`] (create, join, leave, list, info, online, and
-//! participants added and removed by members),
+//! (send, edit, delete, sync), [`rooms`] (create, join, leave, list, info, online,
+//! participants added and removed by members, bans),
 //! [`presence`], [`typing`] and [`receipts`]. Each takes its typed data and answers with a
 //! [`Reply`] or a [`RequestError`]; [`Session::on_text`] decodes the frame, dispatches it and
 //! puts the answer on the wire.
@@ -121,6 +121,8 @@ impl Session {
             Body::PresenceUpdate(data) => self.update_presence(&data),
             Body::PresenceQuery(data) => self.query_presence(data).await,
             Body::Participant(data, add) => self.change_participant(data, add).await,
+            Body::Ban(data) => self.ban(data).await,
+            Body::Unban(data) => self.unban(data).await,
         }
     }
 

@@ -1,5 +1,5 @@
 //! `room:create`, `room:join`, `room:leave`, `room:list`, `room:info`, `room:online`,
-//! `participant:add` and `participant:remove`.
+//! `participant:add`, `participant:remove`, `room:ban` and `room:unban`.
 //! Membership changes are made by the worker (durable before they are announced); this node's
 //! sockets of the user join before the ack, so nothing published after it is missed.
 
@@ -11,7 +11,7 @@ use super::Reply;
 use crate::error::RequestError;
 use crate::permissions::{self, Permission};
 use crate::presence;
-use crate::request::ParticipantData;
+use crate::request::{BanData, ParticipantData};
 use crate::session::Session;
 use crate::validation;
 use crate::worker::Detail;
@@ -140,6 +140,32 @@ impl Session {
         Ok(Reply::Ack(
             json!({ "conversation": ConversationJson::from(&conversation) }),
         ))
+    }
+
+    /// A member with the permission `ban` bans another from the conversation.
+    pub(super) async fn ban(&mut self, data: BanData) -> Result<Reply, RequestError> {
+        let request = validation::ban(
+            data.conversation_id,
+            data.user_id,
+            data.duration_secs,
+            data.reason,
+            &self.identity.user_id,
+        )?;
+        self.require(Permission::Ban)?;
+        self.require_member(&request.conversation_id).await?;
+        self.gateway.shared.worker.ban(request).await?;
+        Ok(Reply::Ack(json!({})))
+    }
+
+    /// A member with the permission `ban` ends a ban.
+    pub(super) async fn unban(&mut self, data: ParticipantData) -> Result<Reply, RequestError> {
+        validation::conversation_id(&data.conversation_id)?;
+        validation::user_id(&data.user_id)?;
+        self.require(Permission::Ban)?;
+        self.require_member(&data.conversation_id).await?;
+        let worker = &self.gateway.shared.worker;
+        worker.unban(&data.conversation_id, &data.user_id).await?;
+        Ok(Reply::Ack(json!({})))
     }
 
     /// Which members are visibly online (answered by the routers).

@@ -62,6 +62,13 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             "ALTER TABLE read_markers WITH compaction = {'class': 'LeveledCompactionStrategy'}",
         ],
     ),
+    (
+        4,
+        &["CREATE TABLE IF NOT EXISTS bans (
+            conversation_id text, user_id text, until_ms bigint,
+            PRIMARY KEY (conversation_id, user_id)
+        ) WITH compaction = {'class': 'LeveledCompactionStrategy'}"],
+    ),
 ];
 
 /// How long a claim on a version holds before another worker may apply it again.
