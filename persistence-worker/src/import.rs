@@ -21,6 +21,8 @@ pub struct Copied {
     pub messages: u64,
     /// Read markers.
     pub read_markers: u64,
+    /// Bans (current and ended).
+    pub bans: u64,
     /// The committed stream position.
     pub committed: u64,
 }
@@ -40,6 +42,11 @@ pub async fn sqlite_into(from: &SqliteStore, to: &impl Store) -> Result<Copied, 
     while let Some(key) = after.take() {
         let page = from.export_members(key, PAGE).await?;
         copied.memberships += write(to, &mut after, page).await?;
+    }
+    let mut after = Some((String::new(), String::new()));
+    while let Some(key) = after.take() {
+        let page = from.export_bans(key, PAGE).await?;
+        copied.bans += write(to, &mut after, page).await?;
     }
     let mut after = Some(0);
     while let Some(key) = after.take() {

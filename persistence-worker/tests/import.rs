@@ -14,7 +14,7 @@ use chat_proto::testing::run_to_exit;
 use chat_proto::v1::conversation_event::Kind;
 use chat_proto::v1::{
     ChatMessage, Conversation, ConversationCreated, ConversationEvent, MessageCreated,
-    MessageDeleted, MessageEdited, ParticipantRemoved,
+    MessageDeleted, MessageEdited, ParticipantBanned, ParticipantRemoved, ParticipantUnbanned,
 };
 
 const ROOM: &str = "room-1";
@@ -67,7 +67,7 @@ fn message(seq: u64) -> ConversationEvent {
 }
 
 /// A store with two conversations, 1,200 messages (one edited, one deleted then edited),
-/// a member who left, 1,100 read markers, and its committed position.
+/// a member who left, a ban and an ended one, 1,100 read markers, and its committed position.
 async fn fill(store: &SqliteStore) -> u64 {
     let mut events = vec![
         created(ROOM, 1, &["alice", "bob", "carol"]),
@@ -93,13 +93,25 @@ async fn fill(store: &SqliteStore) -> u64 {
         user_id: "carol".into(),
         at_ms: 1,
     };
+    let ban = |user_id: &str| ParticipantBanned {
+        user_id: user_id.into(),
+        until_ms: 1_900_000_000_000,
+        ..ParticipantBanned::default()
+    };
+    let unban = ParticipantUnbanned {
+        user_id: "dave".into(),
+        at_ms: 1,
+    };
     events.extend([
         edit(last + 1, 5),
         event(ROOM, last + 2, Kind::MessageDeleted(delete)),
         edit(last + 3, 6),
         event(ROOM, last + 4, Kind::ParticipantRemoved(left)),
+        event(ROOM, last + 5, Kind::ParticipantBanned(ban("carol"))),
+        event(ROOM, last + 6, Kind::ParticipantBanned(ban("dave"))),
+        event(ROOM, last + 7, Kind::ParticipantUnbanned(unban)),
     ]);
-    let committed = last + 4;
+    let committed = last + 7;
     store.apply(events, Some(committed)).await.unwrap();
     store.mark_read("alice", ODD, 2).await.unwrap();
     for n in 0..1_100 {
@@ -143,8 +155,13 @@ async fn answers(store: &impl Store) -> String {
         .read_markers("alice", &[ODD.to_owned()])
         .await
         .unwrap();
+    let mut bans = Vec::new();
+    for user in ["carol", "dave", "erin"] {
+        bans.push(store.ban(user, ROOM).await.unwrap());
+    }
+    assert_eq!(bans, [Some(1_900_000_000_000), Some(1), None]);
     format!(
-        "{history:?}\n{conversations:?}\n{memberships:?}\n{alices:?}\n{markers:?}\n{odd:?}\n{}",
+        "{history:?}\n{conversations:?}\n{memberships:?}\n{alices:?}\n{markers:?}\n{odd:?}\n{bans:?}\n{}",
         store.committed_seq().await.unwrap()
     )
 }

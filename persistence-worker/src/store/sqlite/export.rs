@@ -6,7 +6,7 @@
 use chat_proto::v1::conversation_event::Kind;
 use chat_proto::v1::{
     Conversation, ConversationCreated, ConversationEvent, MessageCreated, MessageDeleted,
-    MessageEdited, ParticipantAdded, ParticipantRemoved,
+    MessageEdited, ParticipantAdded, ParticipantBanned, ParticipantRemoved,
 };
 use rusqlite::params;
 
@@ -115,6 +115,45 @@ impl SqliteStore {
                     Kind::ParticipantRemoved(ParticipantRemoved { user_id, at_ms: 0 })
                 };
                 events.push(event(conversation_id, seq, kind));
+            }
+            let rows = events.len();
+            Ok(Exported::new(events, rows, limit, next))
+        })
+        .await
+    }
+
+    /// Up to `limit` bans after `(conversation, user)`, each as the ban that set it last (an
+    /// ended ban keeps its end, long past).
+    pub async fn export_bans(
+        &self,
+        after: (String, String),
+        limit: u32,
+    ) -> Result<Exported<(String, String)>, StoreError> {
+        self.with(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT conversation_id, user_id, until_ms, updated_seq FROM bans
+                 WHERE (conversation_id, user_id) > (?1, ?2)
+                 ORDER BY conversation_id, user_id LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![after.0, after.1, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut events = Vec::new();
+            let mut next = None;
+            for row in rows {
+                let (conversation_id, user_id, until_ms, seq) = row?;
+                next = Some((conversation_id.clone(), user_id.clone()));
+                let ban = ParticipantBanned {
+                    user_id,
+                    until_ms,
+                    ..ParticipantBanned::default()
+                };
+                events.push(event(conversation_id, seq, Kind::ParticipantBanned(ban)));
             }
             let rows = events.len();
             Ok(Exported::new(events, rows, limit, next))
