@@ -44,8 +44,8 @@ pub enum Command {
     /// Apply the CQL store's schema migrations (creating the keyspace if needed), then exit.
     Migrate,
     /// Copy the SQLite store at FROM into the CQL store (`--store scylla`, migrated first), then
-    /// exit: conversations, memberships, messages with their edits and deletions, read markers,
-    /// and the committed position. Stop the SQLite worker first; run it again to resume.
+    /// exit: conversations, memberships, bans, messages with their edits and deletions, read
+    /// markers, and the committed position. Stop the SQLite worker first; run it again to resume.
     ImportSqlite {
         /// The SQLite store to copy.
         from: PathBuf,
