@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod api;
+mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -176,6 +176,11 @@ impl WorkerClient {
         Ok(())
     }
 
+    /// A page of the audit log.
+    pub async fn audit(&self, query: v1::AuditQuery) -> Result<v1::AuditPage, CallError> {
+        self.call(rpc::AUDIT, &query).await
+    }
+
     /// Bans a user from a conversation (removing them if they are a member).
     pub async fn ban(&self, request: v1::BanRequest) -> Result<(), CallError> {
         let _: v1::BanReply = self.call(rpc::BAN, &request).await?;

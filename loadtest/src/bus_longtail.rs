@@ -87,6 +87,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             max_bytes: 8 * 1024 * 1024 * 1024,
             dedup_window: Duration::from_secs(120),
             replicas: 1,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         });
     if options.republish {
         config.republish = Some(Republish {

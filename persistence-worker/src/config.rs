@@ -156,6 +156,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
 
+    /// How long the audit log (connects, joins, message and membership changes, bans: ids, not
+    /// content) is kept, in its stream and in the store. More than 0, at most 10y.
+    #[arg(long, env = "CHAT_AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
     /// Most requests answered at once; at least 1.
     #[arg(long, env = "CHAT_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
@@ -207,6 +212,11 @@ impl Config {
         options::positive_duration(
             "stream-max-age",
             self.stream_max_age,
+            "JetStream would read 0 as no age limit",
+        )?;
+        options::positive_duration(
+            "audit-retention",
+            self.audit_retention,
             "JetStream would read 0 as no age limit",
         )?;
         if self.stream_max_bytes <= 0 {
@@ -264,6 +274,7 @@ impl Config {
             max_bytes: self.stream_max_bytes,
             dedup_window: self.dedup_window,
             replicas: self.stream_replicas,
+            audit_retention: self.audit_retention,
         }
     }
 }
@@ -384,7 +395,12 @@ mod tests {
 
     #[test]
     fn zero_durations_are_refused() {
-        for option in ["--stream-max-age", "--dedup-window", "--router-timeout"] {
+        for option in [
+            "--stream-max-age",
+            "--dedup-window",
+            "--router-timeout",
+            "--audit-retention",
+        ] {
             let error = validate(&[option, "0s"]).unwrap_err();
             assert!(
                 matches!(error, OptionError::Zero { .. }),

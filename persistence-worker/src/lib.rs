@@ -6,6 +6,7 @@
 //! implementation. [`run`] starts all of it, exactly as `main` and the tests do; `main` first
 //! checks the options ([`Config::validate`]).
 
+pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod import;
@@ -132,6 +133,9 @@ async fn serve<S: Store + Clone>(
         .await
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
     consumer::check_stream_position(&mut stream, &store).await?;
+    let audit_stream = stream::ensure_audit(&js, &config.stream())
+        .await
+        .map_err(|e| WorkerError::Nats(e.to_string()))?;
 
     let token = CancellationToken::new();
     let settings = consumer::Settings {
@@ -143,6 +147,12 @@ async fn serve<S: Store + Clone>(
         stream,
         store.clone(),
         settings,
+        token.child_token(),
+    ));
+    let mut auditing = tokio::spawn(audit::run(
+        audit_stream,
+        store.clone(),
+        config.audit_retention,
         token.child_token(),
     ));
     let serving = tokio::spawn(
@@ -160,9 +170,19 @@ async fn serve<S: Store + Clone>(
             token.cancel();
             consumed
         }
+        // The audit writer stops only with the worker: if it ends, so does the worker.
+        audited = &mut auditing => {
+            token.cancel();
+            let _ = (&mut consuming).await;
+            audited
+        }
     };
     if let Ok(Err(error)) = serving.await {
         tracing::warn!(%error, "request handling ended with an error");
+    }
+    if !auditing.is_finished() {
+        // Cancelled with the others: it ends within its batch.
+        let _ = auditing.await;
     }
     chat_proto::service::final_flush(&client).await;
     consumed.map_err(|e| WorkerError::Task(e.to_string()))?

@@ -27,6 +27,8 @@ use crate::store::{
 
 /// Most conversations `room:list` returns.
 const MAX_LISTED_CONVERSATIONS: u32 = 500;
+/// Audit records a page: by default, and at most.
+pub const AUDIT_LIMIT: (u32, u32) = (100, 1_000);
 /// Room kept in a reply for its envelope and headers.
 const REPLY_MARGIN: usize = 4 * 1024;
 
@@ -230,6 +232,19 @@ impl<S: Store> Handlers<S> {
                     .leave(v1::LeaveConversationRequest::decode(payload)?)
                     .await?;
                 conversation_reply(conversation)
+            }
+            rpc::AUDIT => {
+                let mut query = v1::AuditQuery::decode(payload)?;
+                query.limit = match query.limit {
+                    0 => AUDIT_LIMIT.0,
+                    limit => limit.min(AUDIT_LIMIT.1),
+                };
+                // Nothing older than the audit stream's first record is kept.
+                let first_seq = match self.js.get_stream(subjects::AUDIT_STREAM).await {
+                    Ok(stream) => stream.cached_info().state.first_sequence,
+                    Err(_) => 0,
+                };
+                self.store.audit(query, first_seq).await?.encode_to_vec()
             }
             rpc::BAN => {
                 self.ban(v1::BanRequest::decode(payload)?).await?;

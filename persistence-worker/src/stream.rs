@@ -20,6 +20,8 @@ pub struct StreamSettings {
     pub dedup_window: Duration,
     /// Replicas.
     pub replicas: usize,
+    /// How long the audit log is kept.
+    pub audit_retention: Duration,
 }
 
 /// The full stream configuration for `settings`.
@@ -46,4 +48,29 @@ pub async fn ensure(
 ) -> Result<stream::Stream, async_nats::Error> {
     js.create_or_update_stream(config(settings)).await?;
     Ok(js.get_stream(subjects::STREAM).await?)
+}
+
+/// The audit log's stream: what the gateways publish on `chat.audit.>`, kept for the retention
+/// (and at most the main stream's bytes), until the worker has stored it.
+pub fn audit_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects::AUDIT_STREAM.to_owned(),
+        subjects: vec![subjects::AUDIT_SUBJECTS.to_owned()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_age: settings.audit_retention,
+        max_bytes: settings.max_bytes,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates the audit stream, or brings an existing one to `settings`.
+pub async fn ensure_audit(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<stream::Stream, async_nats::Error> {
+    js.create_or_update_stream(audit_config(settings)).await?;
+    Ok(js.get_stream(subjects::AUDIT_STREAM).await?)
 }

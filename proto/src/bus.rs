@@ -76,6 +76,21 @@ pub async fn finish_durable(ack: jetstream::context::PublishAckFuture) -> Result
     })
 }
 
+/// Publishes an audit record; the audit stream captures it (no acknowledgement is awaited: a
+/// record costs its publisher one message to NATS).
+pub async fn publish_audit(
+    client: &async_nats::Client,
+    event: &crate::v1::AuditEvent,
+) -> Result<(), BusError> {
+    client
+        .publish(
+            subjects::audit(&event.kind),
+            Bytes::from(event.encode_to_vec()),
+        )
+        .await
+        .map_err(|e| BusError::Live(e.to_string()))
+}
+
 /// Publishes `event` (with its `seq`) on its conversation's live subject.
 pub async fn publish_live(
     client: &async_nats::Client,

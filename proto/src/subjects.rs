@@ -14,6 +14,18 @@ pub const STREAM: &str = "CHAT";
 pub const STREAM_SUBJECTS: &str = "chat.stream.>";
 /// The durable consumer of the persistence worker.
 pub const WORKER_CONSUMER: &str = "persistence-worker";
+/// The audit log's stream, and the subjects it captures (`chat.audit.<kind>`).
+pub const AUDIT_STREAM: &str = "CHAT_AUDIT";
+/// The subjects the audit stream captures.
+pub const AUDIT_SUBJECTS: &str = "chat.audit.>";
+/// The durable consumer that stores the audit log.
+pub const AUDIT_CONSUMER: &str = "audit-writer";
+
+/// The subject of an audit record of `kind`.
+pub fn audit(kind: &str) -> String {
+    format!("chat.audit.{kind}")
+}
+
 /// The queue group the workers answer requests in.
 pub const WORKER_QUEUE: &str = "persistence-worker";
 
@@ -41,6 +53,8 @@ pub mod rpc {
     pub const BAN: &str = "chat.rpc.conversation.ban";
     /// `UnbanRequest` → `BanReply`.
     pub const UNBAN: &str = "chat.rpc.conversation.unban";
+    /// `AuditQuery` → `AuditPage`.
+    pub const AUDIT: &str = "chat.rpc.audit";
     /// Every subject above, for the worker to subscribe to.
     pub const ALL: &[&str] = &[
         MEMBERSHIP,
@@ -54,6 +68,7 @@ pub mod rpc {
         MARK_READ,
         BAN,
         UNBAN,
+        AUDIT,
     ];
     /// Header set on a reply that carries an `RpcError` instead of the expected reply.
     pub const ERROR_HEADER: &str = "Chat-Error";

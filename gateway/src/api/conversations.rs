@@ -3,6 +3,7 @@
 //! `conversation:new`, `conversation:joined` or `conversation:removed`; the other members get
 //! `participant:added` or `participant:removed` from the conversation's events.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,7 +12,8 @@ use chat_proto::v1;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, Body};
+use super::{Actor, Api, ApiError, Body};
+use crate::audit;
 use crate::error::RequestError;
 use crate::worker::Detail;
 use crate::{presence, validation};
@@ -49,6 +51,7 @@ fn conversation(conversation: &v1::Conversation) -> Json<Value> {
 
 pub(super) async fn create(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Body(data): Body<NewConversation>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let creator = data.created_by.unwrap_or_default();
@@ -69,7 +72,10 @@ pub(super) async fn create(
         },
         &creator,
     )?;
-    let created = api.gateway.shared.worker.create(request).await?;
+    let shared = &api.gateway.shared;
+    let created = shared.worker.create(request).await?;
+    let record = actor.audit("conversation.create", &created.created_by, &created.id);
+    audit::record(shared, record).await;
     Ok((StatusCode::CREATED, conversation(&created)))
 }
 
@@ -89,6 +95,7 @@ pub(super) async fn get(
 
 pub(super) async fn add_participant(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Body(data): Body<NewParticipant>,
 ) -> Result<Json<Value>, ApiError> {
@@ -100,12 +107,20 @@ pub(super) async fn add_participant(
         password: None,
         by_server: true,
     };
-    let joined = api.gateway.shared.worker.join(request).await?;
+    let record = actor.audit(
+        "participant.add",
+        &request.user_id,
+        &request.conversation_id,
+    );
+    let shared = &api.gateway.shared;
+    let joined = shared.worker.join(request).await?;
+    audit::record(shared, record).await;
     Ok(conversation(&joined))
 }
 
 pub(super) async fn remove_participant(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     validation::conversation_id(&id)?;
@@ -114,7 +129,14 @@ pub(super) async fn remove_participant(
         user_id,
         conversation_id: id,
     };
-    let left = api.gateway.shared.worker.leave(request).await?;
+    let record = actor.audit(
+        "participant.remove",
+        &request.user_id,
+        &request.conversation_id,
+    );
+    let shared = &api.gateway.shared;
+    let left = shared.worker.leave(request).await?;
+    audit::record(shared, record).await;
     Ok(conversation(&left))
 }
 
@@ -129,21 +151,29 @@ pub(super) async fn online(
 
 pub(super) async fn ban(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Body(data): Body<NewBan>,
 ) -> Result<Json<Value>, ApiError> {
     // Banned by the backend: by no member.
     let request = validation::ban(id, data.user_id, data.duration_secs, data.reason, "")?;
-    api.gateway.shared.worker.ban(request).await?;
+    let mut record = actor.audit("ban", &request.user_id, &request.conversation_id);
+    record.detail = audit::ban_detail(&request);
+    let shared = &api.gateway.shared;
+    shared.worker.ban(request).await?;
+    audit::record(shared, record).await;
     Ok(Json(json!({})))
 }
 
 pub(super) async fn unban(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&user_id)?;
-    api.gateway.shared.worker.unban(&id, &user_id).await?;
+    let shared = &api.gateway.shared;
+    shared.worker.unban(&id, &user_id).await?;
+    audit::record(shared, actor.audit("unban", &user_id, &id)).await;
     Ok(Json(json!({})))
 }

@@ -2,6 +2,7 @@
 //! and deleted by moderation. A post goes through the stream as a socket's send does: members get
 //! `message:new`, and a repeated `clientMessageId` yields the first message.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,7 +13,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, Body};
+use super::{Actor, Api, ApiError, Body};
+use crate::audit;
 use crate::error::RequestError;
 use crate::worker::Detail;
 use crate::{publish, validation};
@@ -34,6 +36,7 @@ pub(super) struct NewMessage {
 
 pub(super) async fn create(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Body(data): Body<NewMessage>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -61,6 +64,13 @@ pub(super) async fn create(
         .await?;
     message.created_at_ms = now_ms();
     let message = publish::create_message(shared, message).await?;
+    let mut record = actor.audit(
+        "message.create",
+        &message.sender_id,
+        &message.conversation_id,
+    );
+    record.message_id = message.id;
+    audit::record(shared, record).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "message": MessageJson::from(&message) })),
@@ -69,6 +79,7 @@ pub(super) async fn create(
 
 pub(super) async fn delete(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path((id, message_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let shared = &api.gateway.shared;
@@ -91,5 +102,12 @@ pub(super) async fn delete(
         Kind::MessageDeleted(delete),
     )
     .await?;
+    let mut record = actor.audit(
+        "message.delete",
+        &message.sender_id,
+        &message.conversation_id,
+    );
+    record.message_id = message.id;
+    audit::record(shared, record).await;
     Ok(Json(json!({})))
 }

@@ -1,8 +1,9 @@
 //! The server API: HTTP/JSON on its own listener (`--api-listen`), for the application's backend.
 //! It creates conversations, adds and removes participants, posts and deletes messages,
-//! disconnects users and reads presence, with the same effects on live sockets as the clients'
-//! own requests, on every node. Every route but the OpenAPI document needs an API key
-//! ([`keys`]); errors are `{code, message}` with the protocol's codes and their HTTP status.
+//! disconnects users, reads presence and the audit log, with the same effects on live sockets as
+//! the clients' own requests, on every node; what it changes goes to the audit log, by its key.
+//! Every route but the OpenAPI document needs an API key ([`keys`]); errors are
+//! `{code, message}` with the protocol's codes and their HTTP status.
 //! The routes are documented in `openapi.json`, served at `/api/v1/openapi.json`.
 
 mod conversations;
@@ -94,6 +95,7 @@ fn routes(api: Api) -> Router {
         )
         .route("/api/v1/users/{userId}/disconnect", post(users::disconnect))
         .route("/api/v1/presence", get(users::presence))
+        .route("/api/v1/audit", get(users::audit))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
         .route(
             "/api/v1/openapi.json",
@@ -134,7 +136,26 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         return response;
     };
     tracing::debug!(key, method = %request.method(), path = %request.uri().path(), "server API");
+    let actor = Actor(format!("api:{key}"));
+    let mut request = request;
+    request.extensions_mut().insert(actor);
     next.run(request).await
+}
+
+/// Who acts, for the audit log: `api:<key name>`.
+#[derive(Debug, Clone)]
+struct Actor(String);
+
+impl Actor {
+    /// An audit record of `kind` by this key, about `user_id` in `conversation_id`.
+    fn audit(
+        &self,
+        kind: &str,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> chat_proto::v1::AuditEvent {
+        crate::audit::event(kind, &self.0, user_id, conversation_id)
+    }
 }
 
 /// A failed request: its HTTP status and `{code, message}`.

@@ -1,14 +1,17 @@
 //! Users: their conversations, their presence, and closing their sockets on every node.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use chat_proto::bus;
 use chat_proto::client::ConversationJson;
+use chat_proto::timestamp::iso8601;
 use chat_proto::v1::{self, user_event};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, Query};
+use super::{Actor, Api, ApiError, Query};
+use crate::audit;
 use crate::error::RequestError;
 use crate::{presence, validation};
 
@@ -18,6 +21,16 @@ use crate::{presence, validation};
 pub(super) struct Disconnect {
     /// `banned` closes the sockets with 4403 (do not reconnect); anything else with 1000.
     reason: Option<String>,
+}
+
+/// `GET /audit?conversationId=&userId=&after=&limit=`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    conversation_id: Option<String>,
+    user_id: Option<String>,
+    after: Option<u64>,
+    limit: Option<u32>,
 }
 
 /// `GET /presence?userIds=a,b`.
@@ -39,6 +52,7 @@ pub(super) async fn conversations(
 
 pub(super) async fn disconnect(
     State(api): State<Api>,
+    Extension(actor): Extension<Actor>,
     Path(user_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -50,14 +64,18 @@ pub(super) async fn disconnect(
         super::parse(&body)?
     };
     let banned = data.reason.as_deref() == Some("banned");
+    let mut record = actor.audit("user.disconnect", &user_id, "");
+    record.detail = data.reason.unwrap_or_default();
     let event = v1::UserEvent {
         user_id,
         kind: Some(user_event::Kind::Disconnect(v1::Disconnect { banned })),
     };
     // To every node: each closes the sockets of the user it holds.
-    bus::publish_user(&api.gateway.shared.client, &event, None)
+    let shared = &api.gateway.shared;
+    bus::publish_user(&shared.client, &event, None)
         .await
         .map_err(|_| RequestError::unavailable())?;
+    audit::record(shared, record).await;
     Ok(Json(json!({})))
 }
 
@@ -68,4 +86,62 @@ pub(super) async fn presence(
     let user_ids: Vec<String> = query.user_ids.split(',').map(str::to_owned).collect();
     let statuses = presence::statuses(&api.gateway.shared, user_ids).await?;
     Ok(Json(json!({ "statuses": statuses })))
+}
+
+pub(super) async fn audit(
+    State(api): State<Api>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(RequestError::invalid("limit must be 1 to 1000").into());
+    }
+    let conversation_id = query.conversation_id.unwrap_or_default();
+    if !conversation_id.is_empty() {
+        validation::conversation_id(&conversation_id)?;
+    }
+    let user_id = query.user_id.unwrap_or_default();
+    if !user_id.is_empty() {
+        validation::user_id(&user_id)?;
+    }
+    let page = api
+        .gateway
+        .shared
+        .worker
+        .audit(v1::AuditQuery {
+            conversation_id,
+            user_id,
+            after: query.after.unwrap_or(0),
+            limit,
+        })
+        .await?;
+    let events: Vec<Value> = page.events.iter().map(audit_json).collect();
+    let next = (page.next > 0).then_some(page.next);
+    Ok(Json(json!({ "events": events, "next": next })))
+}
+
+/// An audit record as the API shows it: empty fields left out.
+fn audit_json(event: &v1::AuditEvent) -> Value {
+    let mut json = json!({
+        "seq": event.seq,
+        "at": iso8601(event.at_ms),
+        "kind": event.kind,
+        "actor": event.actor,
+    });
+    let optional = [
+        ("userId", &event.user_id),
+        ("conversationId", &event.conversation_id),
+        ("node", &event.node),
+        ("address", &event.address),
+        ("detail", &event.detail),
+    ];
+    for (name, value) in optional {
+        if !value.is_empty() {
+            json[name] = json!(value);
+        }
+    }
+    if event.message_id > 0 {
+        json["messageId"] = json!(event.message_id);
+    }
+    json
 }

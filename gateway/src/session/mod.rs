@@ -33,11 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::Gateway;
+use crate::audit;
 use crate::auth::Identity;
 use crate::error::CloseReason;
 use crate::socket::outbox::Outbox;
 use crate::socket::writer::{self, CLOSE_LINGER};
 use crate::socket::{Eviction, SocketHandle};
+use chat_proto::v1::AuditEvent;
 use handlers::PendingSend;
 
 /// How long the upgrade may take.
@@ -66,6 +68,8 @@ pub(crate) struct Session {
     /// When the token expires (with the clock leeway): the session ends then unless an `auth`
     /// brings a fresh token first.
     token_expiry: Instant,
+    /// The client's address (for the audit log).
+    address: std::net::IpAddr,
 }
 
 /// Serves one accepted TCP connection to its end. `permit` is `None` when the node is full.
@@ -145,7 +149,18 @@ async fn run(
     if let Some(mut session) = opened {
         let mut pending = FuturesOrdered::new();
         session.serve(&mut frames, &mut pending, shutdown).await;
+        let shared = Arc::clone(&session.gateway.shared);
+        let mut record = session.audit("disconnect", &session.identity.user_id, "");
+        record.address = session.address.to_string();
+        // Why the node evicted it (an API disconnect, a slow socket…); none otherwise.
+        record.detail = session
+            .socket
+            .eviction()
+            .reason()
+            .map(|reason| reason.code().to_string())
+            .unwrap_or_default();
         Box::pin(session.finish(pending)).await;
+        audit::record(&shared, record).await;
     }
 }
 
@@ -157,6 +172,16 @@ impl Session {
 
     fn close(&self, reason: CloseReason) {
         self.socket.close(reason);
+    }
+
+    /// An audit record of `kind` by this user, about `user_id` in `conversation_id`.
+    fn audit(&self, kind: &str, user_id: &str, conversation_id: &str) -> AuditEvent {
+        audit::event(kind, &self.identity.user_id, user_id, conversation_id)
+    }
+
+    /// Publishes an audit record.
+    async fn record(&self, event: AuditEvent) {
+        audit::record(&self.gateway.shared, event).await;
     }
 
     /// Winds the session down: answers the sends under way (they may already be durable), stops

@@ -68,6 +68,7 @@ pub(super) async fn open(
 ) -> Option<Session> {
     let shared = &gateway.shared;
     let resume_query = upgrade.resume;
+    let address = upgrade.client;
     let authenticated = match authenticate(&gateway, upgrade, frames).await {
         Ok(authenticated) => authenticated,
         Err(refused) => {
@@ -111,6 +112,7 @@ pub(super) async fn open(
         session_id: uuid::Uuid::new_v4().simple().to_string(),
         typing: HashMap::new(),
         resume_wait: None,
+        address,
     };
     shared.hub.register(&session.socket);
     if matches!(resume, Resume::Replay { .. } | Resume::Awaited) {
@@ -166,6 +168,9 @@ pub(super) async fn open(
     if let Some(replay) = replay {
         session.release(replay);
     }
+    let mut record = session.audit("connect", &session.identity.user_id, "");
+    record.address = address.to_string();
+    session.record(record).await;
     Some(session)
 }
 

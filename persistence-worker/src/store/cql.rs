@@ -21,13 +21,19 @@ pub mod tls;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent, conversation_event::Kind};
+use chat_proto::v1::{
+    AuditEvent, AuditPage, AuditQuery, ChatMessage, Conversation, ConversationEvent,
+    conversation_event::Kind,
+};
 use prost::Message as _;
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Membership, Page, Store, StoreError, StoredConversation, Window, stored_body};
+use super::{
+    AUDIT_SCAN, Membership, Page, Store, StoreError, StoredConversation, Window, audit_page,
+    stored_body,
+};
 
 /// Message ids per bucket (a power of two).
 pub const BUCKET_SPAN: u64 = 1 << 16;
@@ -43,6 +49,9 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
 fn bucket(id: u64) -> i64 {
     (id / BUCKET_SPAN) as i64
 }
+
+/// Audit records a partition.
+const AUDIT_BUCKET: i64 = 65_536;
 
 /// The statements, prepared once.
 struct Statements {
@@ -71,6 +80,10 @@ struct Statements {
     message: PreparedStatement,
     set_ban: PreparedStatement,
     ban: PreparedStatement,
+    insert_audit: PreparedStatement,
+    set_audit_end: PreparedStatement,
+    audit_end: PreparedStatement,
+    audit: PreparedStatement,
 }
 
 /// The CQL store; a cheap `Clone` handle over one session.
@@ -154,6 +167,20 @@ impl CqlStore {
             .await?,
             ban: prepare("SELECT until_ms FROM bans WHERE conversation_id = ? AND user_id = ?")
                 .await?,
+            insert_audit: prepare(
+                "INSERT INTO audit (bucket, seq, body) VALUES (?, ?, ?) USING TTL ?",
+            )
+            .await?,
+            // The newest audit record: its sequence is the timestamp, so the highest wins.
+            set_audit_end: prepare(
+                "INSERT INTO positions (name, seq) VALUES ('audit', ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            audit_end: prepare("SELECT seq FROM positions WHERE name = 'audit'").await?,
+            audit: prepare(
+                "SELECT seq, body FROM audit WHERE bucket = ? AND seq > ? ORDER BY seq LIMIT ?",
+            )
+            .await?,
             set_position: prepare(
                 "INSERT INTO positions (name, seq) VALUES ('committed', ?) USING TIMESTAMP ?",
             )
@@ -501,6 +528,55 @@ impl Store for CqlStore {
             );
         }
         Ok(markers)
+    }
+
+    async fn append_audit(
+        &self,
+        events: Vec<AuditEvent>,
+        keep: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let s = &self.statements;
+        let ttl = i32::try_from(keep.as_secs()).unwrap_or(i32::MAX).max(1);
+        let mut end = 0;
+        for event in &events {
+            let seq = to_i64(event.seq)?;
+            let row = (seq / AUDIT_BUCKET, seq, event.encode_to_vec(), ttl);
+            self.write(&s.insert_audit, row).await?;
+            end = end.max(seq);
+        }
+        if end > 0 {
+            self.write(&s.set_audit_end, (end, end)).await?;
+        }
+        Ok(())
+    }
+
+    async fn audit(&self, query: AuditQuery, first_seq: u64) -> Result<AuditPage, StoreError> {
+        let s = &self.statements;
+        let ends: Vec<(i64,)> = self.rows(&s.audit_end, ()).await?;
+        let Some(&(end,)) = ends.first() else {
+            return Ok(AuditPage::default());
+        };
+        // Nothing before the stream's first record is kept: start there.
+        let mut after = to_i64(query.after)?.max(to_i64(first_seq)? - 1);
+        let mut rows: Vec<(i64, Vec<u8>)> = Vec::new();
+        while after < end && rows.len() < AUDIT_SCAN {
+            let room = i32::try_from(AUDIT_SCAN - rows.len()).unwrap_or(i32::MAX);
+            let bucket = (after + 1) / AUDIT_BUCKET;
+            let page: Vec<(i64, Vec<u8>)> = self.rows(&s.audit, (bucket, after, room)).await?;
+            after = match page.last() {
+                // This bucket may hold more.
+                Some((seq, _)) if page.len() == usize::try_from(room).unwrap_or(0) => *seq,
+                // Done with it: the next one.
+                _ => (bucket + 1) * AUDIT_BUCKET - 1,
+            };
+            rows.extend(page);
+        }
+        let exhausted = after >= end;
+        audit_page(rows, &query, exhausted)
+    }
+
+    async fn prune_audit(&self, _before_ms: i64) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     async fn ban(&self, user_id: &str, conversation_id: &str) -> Result<Option<i64>, StoreError> {

@@ -16,7 +16,10 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::future::Future;
 
-use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
+use chat_proto::v1::{
+    AuditEvent, AuditPage, AuditQuery, ChatMessage, Conversation, ConversationEvent,
+};
+use prost::Message as _;
 
 /// Failures of a store, whatever its database.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,43 @@ pub enum Membership {
     Active,
 }
 
+/// Most audit records one query looks at: a filter that matches few of them returns a short
+/// page (or none) with `next` to go on from, rather than scanning the whole log.
+pub const AUDIT_SCAN: usize = 10_000;
+
+/// Audit records as scanned (`(seq, body)` in sequence order) filtered into a page of at most
+/// `query.limit`. `exhausted`: the scan reached the end of the log.
+pub(crate) fn audit_page(
+    rows: Vec<(i64, Vec<u8>)>,
+    query: &AuditQuery,
+    exhausted: bool,
+) -> Result<AuditPage, StoreError> {
+    let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+    let mut events = Vec::new();
+    let mut last = 0;
+    for (seq, body) in rows {
+        let mut event = AuditEvent::decode(body.as_slice())
+            .map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))?;
+        event.seq = u64::try_from(seq).unwrap_or(0);
+        last = event.seq;
+        let conversation =
+            query.conversation_id.is_empty() || event.conversation_id == query.conversation_id;
+        let user = query.user_id.is_empty()
+            || event.user_id == query.user_id
+            || event.actor == query.user_id;
+        if conversation && user {
+            events.push(event);
+            if events.len() == limit {
+                return Ok(AuditPage { events, next: last });
+            }
+        }
+    }
+    Ok(AuditPage {
+        events,
+        next: if exhausted { 0 } else { last },
+    })
+}
+
 /// The storage interface of the worker.
 pub trait Store: Send + Sync + 'static {
     /// Whether several workers may write the store at once (see [`crate::consumer`]).
@@ -176,6 +216,26 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         conversation_id: &str,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Keeps audit records (each with its audit `seq`; a record stored twice is stored once),
+    /// for `keep` (the CQL store expires them itself; see [`Store::prune_audit`]).
+    fn append_audit(
+        &self,
+        events: Vec<AuditEvent>,
+        keep: std::time::Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A page of audit records after `query.after` ([`audit_page`]); `first_seq` is the first
+    /// record the audit stream still holds (none older is kept either).
+    fn audit(
+        &self,
+        query: AuditQuery,
+        first_seq: u64,
+    ) -> impl Future<Output = Result<AuditPage, StoreError>> + Send;
+
+    /// Drops audit records older than `before_ms`; how many (the CQL store's expire by
+    /// themselves: 0).
+    fn prune_audit(&self, before_ms: i64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// One message by id, as it is now (edited, or a tombstone).
     fn message(

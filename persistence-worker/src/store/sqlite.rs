@@ -14,15 +14,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use chat_proto::v1::conversation_event::Kind;
-use chat_proto::v1::{ChatMessage, Conversation, ConversationEvent};
+use chat_proto::v1::{
+    AuditEvent, AuditPage, AuditQuery, ChatMessage, Conversation, ConversationEvent,
+};
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 pub use export::Exported;
 
 use super::{
-    LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation, Window,
-    stored_body,
+    AUDIT_SCAN, LISTED_PARTICIPANTS, Membership, Page, Store, StoreError, StoredConversation,
+    Window, audit_page, stored_body,
 };
 
 /// The schema, one entry a version: entry `i` takes the store from version `i` to `i + 1`.
@@ -76,6 +78,14 @@ CREATE TABLE bans (
     updated_seq INTEGER NOT NULL,
     PRIMARY KEY (conversation_id, user_id)
 ) WITHOUT ROWID;
+"#,
+    r#"
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX audit_by_time ON audit (at_ms);
 "#,
 ];
 
@@ -445,6 +455,56 @@ impl Store for SqliteStore {
                 }
             }
             Ok(markers)
+        })
+        .await
+    }
+
+    async fn append_audit(
+        &self,
+        events: Vec<AuditEvent>,
+        _keep: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO audit (seq, at_ms, body) VALUES (?1, ?2, ?3)",
+                )?;
+                for event in &events {
+                    insert.execute(params![
+                        to_i64(event.seq)?,
+                        event.at_ms,
+                        event.encode_to_vec()
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit(&self, query: AuditQuery, first_seq: u64) -> Result<AuditPage, StoreError> {
+        self.with(move |c| {
+            let after = to_i64(query.after.max(first_seq.saturating_sub(1)))?;
+            let mut statement = c.prepare_cached(
+                "SELECT seq, body FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(params![after, AUDIT_SCAN as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<Result<Vec<(i64, Vec<u8>)>, _>>()?;
+            let exhausted = rows.len() < AUDIT_SCAN;
+            audit_page(rows, &query, exhausted)
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let pruned = c.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])?;
+            Ok(pruned as u64)
         })
         .await
     }

@@ -90,6 +90,13 @@ impl Session {
             }
         };
         let message = publish::announce_created(shared, message, stored).await;
+        let mut record = self.audit(
+            "message.create",
+            &self.identity.user_id,
+            &message.conversation_id,
+        );
+        record.message_id = message.id;
+        self.record(record).await;
         if let Some(id) = request_id {
             let data = client::MessageData {
                 message: MessageJson::from(&message),
@@ -138,6 +145,9 @@ impl Session {
             Kind::MessageEdited(edit),
         )
         .await?;
+        let mut record = self.audit("message.edit", &message.sender_id, &message.conversation_id);
+        record.message_id = message.id;
+        self.record(record).await;
         message.content = data.content;
         message.edited_at_ms = Some(edited_at_ms);
         Ok(Reply::Ack(
@@ -160,6 +170,13 @@ impl Session {
             Kind::MessageDeleted(delete),
         )
         .await?;
+        let mut record = self.audit(
+            "message.delete",
+            &message.sender_id,
+            &message.conversation_id,
+        );
+        record.message_id = message.id;
+        self.record(record).await;
         Ok(Reply::Ack(json!({})))
     }
 

@@ -8,6 +8,7 @@ use chat_proto::v1;
 use serde_json::json;
 
 use super::Reply;
+use crate::audit;
 use crate::error::RequestError;
 use crate::permissions::{self, Permission};
 use crate::presence;
@@ -36,6 +37,12 @@ impl Session {
         let shared = &self.gateway.shared;
         shared.hub.check_room_limit(self.socket.id, None)?;
         let conversation = shared.worker.create(request).await?;
+        let record = self.audit(
+            "conversation.create",
+            &self.identity.user_id,
+            &conversation.id,
+        );
+        self.record(record).await;
         self.join_local(&conversation).await
     }
 
@@ -65,6 +72,8 @@ impl Session {
             by_server: false,
         };
         let conversation = shared.worker.join(request).await?;
+        self.record(self.audit("join", &self.identity.user_id, &conversation.id))
+            .await;
         self.join_local(&conversation).await
     }
 
@@ -79,6 +88,8 @@ impl Session {
         shared
             .hub
             .leave_user(&self.identity.user_id, &data.conversation_id);
+        self.record(self.audit("leave", &self.identity.user_id, &data.conversation_id))
+            .await;
         Ok(Reply::Ack(json!({})))
     }
 
@@ -122,6 +133,12 @@ impl Session {
         self.require(Permission::ManageParticipants)?;
         self.require_member(&data.conversation_id).await?;
         let worker = &self.gateway.shared.worker;
+        let kind = if add {
+            "participant.add"
+        } else {
+            "participant.remove"
+        };
+        let record = self.audit(kind, &data.user_id, &data.conversation_id);
         let conversation = if add {
             let request = v1::JoinConversationRequest {
                 user_id: data.user_id,
@@ -137,6 +154,7 @@ impl Session {
             };
             worker.leave(request).await?
         };
+        self.record(record).await;
         Ok(Reply::Ack(
             json!({ "conversation": ConversationJson::from(&conversation) }),
         ))
@@ -153,7 +171,10 @@ impl Session {
         )?;
         self.require(Permission::Ban)?;
         self.require_member(&request.conversation_id).await?;
+        let mut record = self.audit("ban", &request.user_id, &request.conversation_id);
+        record.detail = audit::ban_detail(&request);
         self.gateway.shared.worker.ban(request).await?;
+        self.record(record).await;
         Ok(Reply::Ack(json!({})))
     }
 
@@ -165,6 +186,8 @@ impl Session {
         self.require_member(&data.conversation_id).await?;
         let worker = &self.gateway.shared.worker;
         worker.unban(&data.conversation_id, &data.user_id).await?;
+        self.record(self.audit("unban", &data.user_id, &data.conversation_id))
+            .await;
         Ok(Reply::Ack(json!({})))
     }
 

@@ -69,6 +69,17 @@ pub const MIGRATIONS: &[(i32, &[&str])] = &[
             PRIMARY KEY (conversation_id, user_id)
         ) WITH compaction = {'class': 'LeveledCompactionStrategy'}"],
     ),
+    (
+        // The audit log: partitions of 65,536 records by audit sequence, each record with the
+        // retention as its TTL, in time windows that expire whole.
+        5,
+        &["CREATE TABLE IF NOT EXISTS audit (
+            bucket bigint, seq bigint, body blob,
+            PRIMARY KEY ((bucket), seq)
+        ) WITH CLUSTERING ORDER BY (seq ASC)
+          AND compaction = {'class': 'TimeWindowCompactionStrategy',
+                            'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"],
+    ),
 ];
 
 /// How long a claim on a version holds before another worker may apply it again.

@@ -1,0 +1,121 @@
+//! The audit log's writer: the gateways publish records on `chat.audit.<kind>`, the audit stream
+//! keeps them, and the workers store them (one durable consumer, shared, explicit acks: a record
+//! is acknowledged once stored; stored twice, it is kept once, by its sequence). The store keeps
+//! them for `--audit-retention`: the CQL store expires them by TTL, the SQLite store is pruned
+//! every ten minutes.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::stream::Stream;
+use chat_proto::subjects;
+use chat_proto::timestamp::now_ms;
+use chat_proto::v1::AuditEvent;
+use futures_util::StreamExt;
+use prost::Message as _;
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkerError;
+use crate::store::Store;
+
+/// Records stored a batch.
+const BATCH: usize = 256;
+/// How long a batch waits for more records after its first.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+/// How often the SQLite store drops what is past the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// The longest pause between tries of a batch the store refused.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+fn nats(error: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Nats(error.to_string())
+}
+
+/// Stores the audit stream into `store` until `shutdown`.
+pub async fn run<S: Store>(
+    stream: Stream,
+    store: S,
+    keep: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let consumer = stream
+        .get_or_create_consumer(
+            subjects::AUDIT_CONSUMER,
+            pull::Config {
+                durable_name: Some(subjects::AUDIT_CONSUMER.to_owned()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(nats)?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await
+        .map_err(nats)?;
+    let mut next_prune = Instant::now();
+    loop {
+        if Instant::now() >= next_prune {
+            next_prune = Instant::now() + PRUNE_EVERY;
+            let before =
+                now_ms().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+            match store.prune_audit(before).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "audit records past the retention dropped"),
+                Err(error) => tracing::warn!(%error, "audit records not pruned"),
+            }
+        }
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep_until(next_prune) => continue,
+            next = messages.next() => next,
+        };
+        let mut batch = match first {
+            Some(Ok(message)) => vec![message],
+            Some(Err(error)) => {
+                tracing::warn!(%error, "audit consumer hiccup");
+                continue;
+            }
+            None => return Err(nats("the audit consumer's message stream ended")),
+        };
+        let deadline = Instant::now() + BATCH_WAIT;
+        while batch.len() < BATCH {
+            match timeout_at(deadline, messages.next()).await {
+                Ok(Some(Ok(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        let events: Vec<AuditEvent> = batch
+            .iter()
+            .filter_map(|message| {
+                let seq = message.info().ok()?.stream_sequence;
+                match AuditEvent::decode(message.payload.as_ref()) {
+                    Ok(event) => Some(AuditEvent { seq, ..event }),
+                    Err(error) => {
+                        tracing::warn!(seq, %error, "skipping an undecodable audit record");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        while let Err(error) = store.append_audit(events.clone(), keep).await {
+            tracing::warn!(%error, "audit records not stored; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        for message in &batch {
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, "audit record not acknowledged; it comes again");
+            }
+        }
+    }
+}
