@@ -222,7 +222,11 @@ impl Cluster {
     }
 
     pub async fn restart_worker(&mut self) {
-        self.worker = start_worker(&self.nats.url(), db_path(&self.dir), &[]).await;
+        self.restart_worker_with(&[]).await;
+    }
+
+    pub async fn restart_worker_with(&mut self, flags: &[&str]) {
+        self.worker = start_worker(&self.nats.url(), db_path(&self.dir), flags).await;
     }
 }
 
