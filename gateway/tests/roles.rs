@@ -51,6 +51,16 @@ async fn guests_cannot_create_or_join_public_conversations_but_send_attachments(
     let room = create_room(&mut alice, &["gus"]).await;
     gus.expect("conversation:new").await;
     gus.ok("message:send", with_attachment(&room)).await;
+    let message = refused(
+        &mut gus,
+        "participant:add",
+        json!({"conversationId": room, "userId": "hal"}),
+    )
+    .await;
+    assert_eq!(
+        message,
+        "the role guest lacks the permission manageParticipants"
+    );
     // A role the table does not know gets a guest's permissions.
     let mut ivy = Client::connect_as(&cluster.url(0), "ivy", "intern").await;
     let message = refused(&mut ivy, "room:create", json!({"participantIds": []})).await;
