@@ -11,13 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-tools.sh nats-server haproxy
 echo "nats-server: $(nats-server --version)"
-# The deployment tools build (once, cached) beside the lints: both are builds; the tests that
-# follow measure failover times and get the machine to themselves.
-deploy/validate/tools.sh >/dev/null &
-tools=$!
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-wait "$tools"
 deploy/test-local-cluster.sh
 
 # The CQL server of the store tests: ScyllaDB when SCYLLA_URI (host:port) is given, else one

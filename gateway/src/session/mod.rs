@@ -149,18 +149,7 @@ async fn run(
     if let Some(mut session) = opened {
         let mut pending = FuturesOrdered::new();
         session.serve(&mut frames, &mut pending, shutdown).await;
-        let shared = Arc::clone(&session.gateway.shared);
-        let mut record = session.audit("disconnect", &session.identity.user_id, "");
-        record.address = session.address.to_string();
-        // Why the node evicted it (an API disconnect, a slow socket…); none otherwise.
-        record.detail = session
-            .socket
-            .eviction()
-            .reason()
-            .map(|reason| reason.code().to_string())
-            .unwrap_or_default();
-        Box::pin(session.finish(pending)).await;
-        audit::record(&shared, record).await;
+        Box::pin(session.end(pending)).await;
     }
 }
 
@@ -182,6 +171,23 @@ impl Session {
     /// Publishes an audit record.
     async fn record(&self, event: AuditEvent) {
         audit::record(&self.gateway.shared, event).await;
+    }
+
+    /// Ends a session that was open: winds it down ([`Session::finish`]) and records the
+    /// disconnect in the audit log.
+    async fn end(self, pending: FuturesOrdered<PendingSend>) {
+        let shared = Arc::clone(&self.gateway.shared);
+        let mut record = self.audit("disconnect", &self.identity.user_id, "");
+        record.address = self.address.to_string();
+        // Why the node evicted it (an API disconnect, a slow socket…); none otherwise.
+        record.detail = self
+            .socket
+            .eviction()
+            .reason()
+            .map(|reason| reason.code().to_string())
+            .unwrap_or_default();
+        self.finish(pending).await;
+        audit::record(&shared, record).await;
     }
 
     /// Winds the session down: answers the sends under way (they may already be durable), stops
