@@ -6,18 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, Client, Cluster, ClusterClients, api_flags, http};
+use common::{API_KEY, Client, Cluster, ClusterClients, api_flags, create_public_room, http};
 use serde_json::{Value, json};
-
-async fn lobby(owner: &mut Client) -> String {
-    let data = owner
-        .ok(
-            "room:create",
-            json!({"title": "lobby", "participantIds": [], "private": false}),
-        )
-        .await;
-    data["conversation"]["id"].as_str().unwrap().to_owned()
-}
 
 /// The answer to `room:join` of `room`.
 async fn join(client: &mut Client, room: &str) -> Value {
@@ -33,7 +23,7 @@ async fn a_ban_removes_at_once_refuses_joins_and_ends_by_itself() {
     let mut alice = cluster.client(0, "alice").await;
     let mut bob_laptop = cluster.client(0, "bob").await;
     let mut bob_phone = cluster.client(1, "bob").await;
-    let room = lobby(&mut alice).await;
+    let room = create_public_room(&mut alice).await;
     bob_laptop
         .ok("room:join", json!({"conversationId": room}))
         .await;
@@ -85,7 +75,7 @@ async fn a_ban_without_duration_lasts_until_unbanned() {
     let api = cluster.gateways[1].api.unwrap();
     let mut alice = cluster.client(0, "alice").await;
     let mut carol = cluster.client(1, "carol").await;
-    let room = lobby(&mut alice).await;
+    let room = create_public_room(&mut alice).await;
     // A user who never joined can be banned too.
     let path = format!("/api/v1/conversations/{room}/bans");
     let (status, _) = http(
@@ -129,7 +119,7 @@ async fn supervisors_ban_in_their_conversations_and_others_cannot() {
     let mut sam = Client::connect_as(&cluster.url(0), "sam", "supervisor").await;
     let mut bob = cluster.client(1, "bob").await;
     let mut alice = cluster.client(0, "alice").await;
-    let room = lobby(&mut sam).await;
+    let room = create_public_room(&mut sam).await;
     for member in [&mut bob, &mut alice] {
         member
             .ok("room:join", json!({"conversationId": room}))
@@ -162,7 +152,7 @@ async fn supervisors_ban_in_their_conversations_and_others_cannot() {
     .await;
     assert_eq!(join(&mut bob, &room).await["event"], "ack");
     // Not in a conversation the supervisor is not a member of.
-    let other = lobby(&mut alice).await;
+    let other = create_public_room(&mut alice).await;
     let refused = sam
         .request(
             "room:ban",

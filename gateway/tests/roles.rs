@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Client, Cluster, ClusterClients, create_room};
+use common::{Client, Cluster, ClusterClients, create_public_room, create_room};
 use serde_json::{Value, json};
 
 /// A refusal's message.
@@ -12,16 +12,6 @@ async fn refused(client: &mut Client, event: &str, data: Value) -> String {
     let answer = client.request(event, data).await;
     assert_eq!(answer["data"]["code"], "FORBIDDEN", "{event}: {answer}");
     answer["data"]["message"].as_str().unwrap().to_owned()
-}
-
-async fn public_room(owner: &mut Client) -> String {
-    let data = owner
-        .ok(
-            "room:create",
-            json!({"title": "lobby", "participantIds": [], "private": false}),
-        )
-        .await;
-    data["conversation"]["id"].as_str().unwrap().to_owned()
 }
 
 fn with_attachment(room: &str) -> Value {
@@ -33,7 +23,7 @@ fn with_attachment(room: &str) -> Value {
 async fn guests_cannot_create_or_join_public_conversations_but_send_attachments() {
     let cluster = Cluster::start().await;
     let mut alice = cluster.client(0, "alice").await;
-    let lobby = public_room(&mut alice).await;
+    let lobby = create_public_room(&mut alice).await;
     let mut gus = Client::connect_as(&cluster.url(1), "gus", "guest").await;
     let message = refused(
         &mut gus,
@@ -76,7 +66,7 @@ async fn employees_manage_participants_but_not_others_messages() {
     let mut alice = cluster.client(0, "alice").await;
     let mut bob = cluster.client(1, "bob").await;
     let mut carol = cluster.client(1, "carol").await;
-    let lobby = public_room(&mut alice).await;
+    let lobby = create_public_room(&mut alice).await;
     bob.ok("room:join", json!({"conversationId": lobby})).await;
     assert_eq!(alice.expect("participant:added").await["userId"], "bob");
     let room = create_room(&mut alice, &["bob"]).await;

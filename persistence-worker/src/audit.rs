@@ -1,6 +1,6 @@
 //! The audit log's writer: the gateways publish records on `chat.audit.<kind>`, the audit stream
-//! keeps them, and the workers store them (one durable consumer, shared, explicit acks: a record
-//! is acknowledged once stored; stored twice, it is kept once, by its sequence). The store keeps
+//! keeps them, and the workers store them (one durable consumer; a record is acknowledged once
+//! stored, and stored twice it is kept once, by its sequence). The store keeps
 //! them for `--audit-retention`: the CQL store expires them by TTL, the SQLite store is pruned
 //! every ten minutes.
 
@@ -39,12 +39,20 @@ pub async fn run<S: Store>(
     keep: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let consumer = stream
+    // One worker (SQLite) acknowledges a batch with one ack of its last record; workers that
+    // share the consumer acknowledge each record, so that one's ack never covers another's
+    // records still being written.
+    let ack_policy = if S::SHARED {
+        AckPolicy::Explicit
+    } else {
+        AckPolicy::All
+    };
+    let mut consumer = stream
         .get_or_create_consumer(
             subjects::AUDIT_CONSUMER,
             pull::Config {
                 durable_name: Some(subjects::AUDIT_CONSUMER.to_owned()),
-                ack_policy: AckPolicy::Explicit,
+                ack_policy,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 10_000,
                 ..Default::default()
@@ -52,6 +60,8 @@ pub async fn run<S: Store>(
         )
         .await
         .map_err(nats)?;
+    // The consumer's own policy decides (it may have been made by another kind of worker).
+    let ack_all = consumer.info().await.map_err(nats)?.config.ack_policy == AckPolicy::All;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -112,7 +122,12 @@ pub async fn run<S: Store>(
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        for message in &batch {
+        let acked = if ack_all {
+            &batch[batch.len() - 1..]
+        } else {
+            &batch[..]
+        };
+        for message in acked {
             if let Err(error) = message.ack().await {
                 tracing::warn!(%error, "audit record not acknowledged; it comes again");
             }

@@ -217,6 +217,17 @@ pub async fn create_room(owner: &mut Client, others: &[&str]) -> String {
     data["conversation"]["id"].as_str().unwrap().to_owned()
 }
 
+/// Creates a public conversation of `owner` alone (others join it) and returns its id.
+pub async fn create_public_room(owner: &mut Client) -> String {
+    let data = owner
+        .ok(
+            "room:create",
+            json!({ "title": "lobby", "participantIds": [], "private": false }),
+        )
+        .await;
+    data["conversation"]["id"].as_str().unwrap().to_owned()
+}
+
 /// `GET path` on an admin port; the whole response.
 pub async fn get(admin: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -90,34 +90,15 @@ impl SqliteStore {
         after: (String, String),
         limit: u32,
     ) -> Result<Exported<(String, String)>, StoreError> {
-        self.with(move |c| {
-            let mut statement = c.prepare_cached(
-                "SELECT conversation_id, user_id, active, updated_seq FROM members
-                 WHERE (conversation_id, user_id) > (?1, ?2)
-                 ORDER BY conversation_id, user_id LIMIT ?3",
-            )?;
-            let rows = statement.query_map(params![after.0, after.1, limit], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, bool>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            })?;
-            let mut events = Vec::new();
-            let mut next = None;
-            for row in rows {
-                let (conversation_id, user_id, active, seq) = row?;
-                next = Some((conversation_id.clone(), user_id.clone()));
-                let kind = if active {
-                    Kind::ParticipantAdded(ParticipantAdded { user_id, at_ms: 0 })
-                } else {
-                    Kind::ParticipantRemoved(ParticipantRemoved { user_id, at_ms: 0 })
-                };
-                events.push(event(conversation_id, seq, kind));
+        let sql = "SELECT conversation_id, user_id, active, updated_seq FROM members
+                   WHERE (conversation_id, user_id) > (?1, ?2)
+                   ORDER BY conversation_id, user_id LIMIT ?3";
+        self.export_by_member(sql, after, limit, |user_id, active: bool| {
+            if active {
+                Kind::ParticipantAdded(ParticipantAdded { user_id, at_ms: 0 })
+            } else {
+                Kind::ParticipantRemoved(ParticipantRemoved { user_id, at_ms: 0 })
             }
-            let rows = events.len();
-            Ok(Exported::new(events, rows, limit, next))
         })
         .await
     }
@@ -129,31 +110,45 @@ impl SqliteStore {
         after: (String, String),
         limit: u32,
     ) -> Result<Exported<(String, String)>, StoreError> {
+        let sql = "SELECT conversation_id, user_id, until_ms, updated_seq FROM bans
+                   WHERE (conversation_id, user_id) > (?1, ?2)
+                   ORDER BY conversation_id, user_id LIMIT ?3";
+        self.export_by_member(sql, after, limit, |user_id, until_ms: i64| {
+            Kind::ParticipantBanned(ParticipantBanned {
+                user_id,
+                until_ms,
+                ..ParticipantBanned::default()
+            })
+        })
+        .await
+    }
+
+    /// Rows of a table keyed by `(conversation, user)` (`sql` selects the conversation, the
+    /// user, a value and the position, after `?1, ?2`, at most `?3`), each as the event `kind`
+    /// makes of its user and value, at the row's position.
+    async fn export_by_member<T: rusqlite::types::FromSql + Send + 'static>(
+        &self,
+        sql: &'static str,
+        after: (String, String),
+        limit: u32,
+        kind: fn(String, T) -> Kind,
+    ) -> Result<Exported<(String, String)>, StoreError> {
         self.with(move |c| {
-            let mut statement = c.prepare_cached(
-                "SELECT conversation_id, user_id, until_ms, updated_seq FROM bans
-                 WHERE (conversation_id, user_id) > (?1, ?2)
-                 ORDER BY conversation_id, user_id LIMIT ?3",
-            )?;
+            let mut statement = c.prepare_cached(sql)?;
             let rows = statement.query_map(params![after.0, after.1, limit], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
+                    row.get::<_, T>(2)?,
                     row.get::<_, i64>(3)?,
                 ))
             })?;
             let mut events = Vec::new();
             let mut next = None;
             for row in rows {
-                let (conversation_id, user_id, until_ms, seq) = row?;
+                let (conversation_id, user_id, value, seq) = row?;
                 next = Some((conversation_id.clone(), user_id.clone()));
-                let ban = ParticipantBanned {
-                    user_id,
-                    until_ms,
-                    ..ParticipantBanned::default()
-                };
-                events.push(event(conversation_id, seq, Kind::ParticipantBanned(ban)));
+                events.push(event(conversation_id, seq, kind(user_id, value)));
             }
             let rows = events.len();
             Ok(Exported::new(events, rows, limit, next))
