@@ -34,6 +34,18 @@ pub(crate) fn event(kind: &str, actor: &str, user_id: &str, conversation_id: &st
     }
 }
 
+/// A record of `kind` by `actor` about a message (its sender, conversation and id).
+pub(crate) fn message_event(
+    kind: &str,
+    actor: &str,
+    message: &chat_proto::v1::ChatMessage,
+) -> AuditEvent {
+    AuditEvent {
+        message_id: message.id,
+        ..event(kind, actor, &message.sender_id, &message.conversation_id)
+    }
+}
+
 /// A ban's audit detail: how long, and why.
 pub(crate) fn ban_detail(request: &chat_proto::v1::BanRequest) -> String {
     let duration = match request.duration_ms {

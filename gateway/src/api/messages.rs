@@ -64,12 +64,7 @@ pub(super) async fn create(
         .await?;
     message.created_at_ms = now_ms();
     let message = publish::create_message(shared, message).await?;
-    let mut record = actor.audit(
-        "message.create",
-        &message.sender_id,
-        &message.conversation_id,
-    );
-    record.message_id = message.id;
+    let record = audit::message_event("message.create", &actor.0, &message);
     audit::record(shared, record).await;
     Ok((
         StatusCode::CREATED,
@@ -102,12 +97,7 @@ pub(super) async fn delete(
         Kind::MessageDeleted(delete),
     )
     .await?;
-    let mut record = actor.audit(
-        "message.delete",
-        &message.sender_id,
-        &message.conversation_id,
-    );
-    record.message_id = message.id;
+    let record = audit::message_event("message.delete", &actor.0, &message);
     audit::record(shared, record).await;
     Ok(Json(json!({})))
 }

@@ -13,6 +13,7 @@ use chat_proto::v1::{self, conversation_event::Kind};
 use serde_json::json;
 
 use super::Reply;
+use crate::audit;
 use crate::error::RequestError;
 use crate::history::{self, Window};
 use crate::permissions::Permission;
@@ -90,12 +91,7 @@ impl Session {
             }
         };
         let message = publish::announce_created(shared, message, stored).await;
-        let mut record = self.audit(
-            "message.create",
-            &self.identity.user_id,
-            &message.conversation_id,
-        );
-        record.message_id = message.id;
+        let record = audit::message_event("message.create", &self.identity.user_id, &message);
         self.record(record).await;
         if let Some(id) = request_id {
             let data = client::MessageData {
@@ -145,8 +141,7 @@ impl Session {
             Kind::MessageEdited(edit),
         )
         .await?;
-        let mut record = self.audit("message.edit", &message.sender_id, &message.conversation_id);
-        record.message_id = message.id;
+        let record = audit::message_event("message.edit", &self.identity.user_id, &message);
         self.record(record).await;
         message.content = data.content;
         message.edited_at_ms = Some(edited_at_ms);
@@ -170,12 +165,7 @@ impl Session {
             Kind::MessageDeleted(delete),
         )
         .await?;
-        let mut record = self.audit(
-            "message.delete",
-            &message.sender_id,
-            &message.conversation_id,
-        );
-        record.message_id = message.id;
+        let record = audit::message_event("message.delete", &self.identity.user_id, &message);
         self.record(record).await;
         Ok(Reply::Ack(json!({})))
     }
