@@ -18,6 +18,9 @@
 # ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
 # and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
+# STREAM_MAX_BYTES (2 GiB) and AUDIT_STREAM_MAX_BYTES (256 MiB): the streams' size limits, below
+# the worker's defaults (8 GiB and 1 GiB) so that the cluster starts on a machine with a few GB
+# of free disk (JetStream reserves both limits against 75% of the disk free at its start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${CLUSTER_DIR:-.local/cluster}
@@ -121,7 +124,9 @@ fi
 start router "$bin"/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port"
 stream_replicas=$((nats_servers >= 3 ? 3 : 1))
 start worker "$bin"/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
-  --router-urls "$router_url" --stream-replicas "$stream_replicas"
+  --router-urls "$router_url" --stream-replicas "$stream_replicas" \
+  --stream-max-bytes "${STREAM_MAX_BYTES:-2147483648}" \
+  --audit-stream-max-bytes "${AUDIT_STREAM_MAX_BYTES:-268435456}"
 for _ in $(seq 100); do
   grep -q "worker ready" "$state/worker.log" && break
   kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/worker.log"; exit 1; }

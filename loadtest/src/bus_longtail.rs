@@ -88,6 +88,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             dedup_window: Duration::from_secs(120),
             replicas: 1,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_max_bytes: 1024 * 1024 * 1024,
         });
     if options.republish {
         config.republish = Some(Republish {

@@ -161,6 +161,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
 
+    /// Most bytes the audit stream keeps before it drops its oldest records; more than 0. It
+    /// holds records only until a worker has stored them, so it is far smaller than the main
+    /// stream: JetStream reserves both limits against its `max_file_store` at start.
+    #[arg(long, env = "CHAT_AUDIT_STREAM_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub audit_stream_max_bytes: i64,
+
     /// Most requests answered at once; at least 1.
     #[arg(long, env = "CHAT_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
@@ -219,11 +225,16 @@ impl Config {
             self.audit_retention,
             "JetStream would read 0 as no age limit",
         )?;
-        if self.stream_max_bytes <= 0 {
-            return Err(OptionError::Zero {
-                option: "stream-max-bytes",
-                why: "JetStream would read 0 or less as no size limit",
-            });
+        for (option, bytes) in [
+            ("stream-max-bytes", self.stream_max_bytes),
+            ("audit-stream-max-bytes", self.audit_stream_max_bytes),
+        ] {
+            if bytes <= 0 {
+                return Err(OptionError::Zero {
+                    option,
+                    why: "JetStream would read 0 or less as no size limit",
+                });
+            }
         }
         options::positive_duration(
             "dedup-window",
@@ -275,6 +286,7 @@ impl Config {
             dedup_window: self.dedup_window,
             replicas: self.stream_replicas,
             audit_retention: self.audit_retention,
+            audit_max_bytes: self.audit_stream_max_bytes,
         }
     }
 }
@@ -420,6 +432,10 @@ mod tests {
         assert_eq!(
             refused_option(&["--stream-max-bytes=-1"]),
             "stream-max-bytes"
+        );
+        assert_eq!(
+            refused_option(&["--audit-stream-max-bytes", "0"]),
+            "audit-stream-max-bytes"
         );
         assert_eq!(
             refused_option(&["--stream-replicas", "0"]),

@@ -36,6 +36,9 @@ pub enum WorkerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stream could not be created or brought to its settings.
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
     /// A router URL is not valid.
     #[error(transparent)]
     Router(#[from] chat_proto::routing::RoutingError),
@@ -129,13 +132,9 @@ async fn serve<S: Store + Clone>(
 ) -> Result<(), WorkerError> {
     let client = connect(&config.nats_url).await?;
     let js = jetstream::new(client.clone());
-    let mut stream = stream::ensure(&js, &config.stream())
-        .await
-        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+    let mut stream = stream::ensure(&js, &config.stream()).await?;
     consumer::check_stream_position(&mut stream, &store).await?;
-    let audit_stream = stream::ensure_audit(&js, &config.stream())
-        .await
-        .map_err(|e| WorkerError::Nats(e.to_string()))?;
+    let audit_stream = stream::ensure_audit(&js, &config.stream()).await?;
 
     let token = CancellationToken::new();
     let settings = consumer::Settings {

@@ -6,8 +6,35 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+use async_nats::jetstream::{self, ErrorCode, stream};
 use chat_proto::subjects;
+
+/// Why a stream could not be created or brought to its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// JetStream reserves each stream's byte limit against its file storage at creation.
+    #[error(
+        "JetStream has too little file storage left for the stream {stream} of {max_bytes} bytes \
+         (it reserves every stream's limit): give nats-server a larger `max_file_store` (by \
+         default 75% of the disk that was free at its start), or lower --stream-max-bytes or \
+         --audit-stream-max-bytes"
+    )]
+    Storage {
+        /// The stream.
+        stream: &'static str,
+        /// Its byte limit.
+        max_bytes: i64,
+    },
+    /// NATS refused or failed otherwise.
+    #[error("the stream {stream}: {source}")]
+    Nats {
+        /// The stream.
+        stream: &'static str,
+        /// What NATS said.
+        source: async_nats::Error,
+    },
+}
 
 /// The settings that an operator chooses.
 #[derive(Debug, Clone)]
@@ -22,6 +49,8 @@ pub struct StreamSettings {
     pub replicas: usize,
     /// How long the audit log is kept.
     pub audit_retention: Duration,
+    /// How many bytes the audit stream keeps.
+    pub audit_max_bytes: i64,
 }
 
 /// The full stream configuration for `settings`.
@@ -45,13 +74,48 @@ pub fn config(settings: &StreamSettings) -> stream::Config {
 pub async fn ensure(
     js: &jetstream::Context,
     settings: &StreamSettings,
-) -> Result<stream::Stream, async_nats::Error> {
-    js.create_or_update_stream(config(settings)).await?;
-    Ok(js.get_stream(subjects::STREAM).await?)
+) -> Result<stream::Stream, StreamError> {
+    create_or_update(js, config(settings), subjects::STREAM).await
+}
+
+/// Creates the stream `name` of `config`, or brings it to `config`.
+async fn create_or_update(
+    js: &jetstream::Context,
+    config: stream::Config,
+    name: &'static str,
+) -> Result<stream::Stream, StreamError> {
+    let max_bytes = config.max_bytes;
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|error| refused(error, name, max_bytes))?;
+    js.get_stream(name)
+        .await
+        .map_err(|error| StreamError::Nats {
+            stream: name,
+            source: error.into(),
+        })
+}
+
+/// What a refusal to create the stream `name` means.
+fn refused(error: CreateStreamError, name: &'static str, max_bytes: i64) -> StreamError {
+    match error.kind() {
+        CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+        {
+            StreamError::Storage {
+                stream: name,
+                max_bytes,
+            }
+        }
+        _ => StreamError::Nats {
+            stream: name,
+            source: error.into(),
+        },
+    }
 }
 
 /// The audit log's stream: what the gateways publish on `chat.audit.>`, kept for the retention
-/// (and at most the main stream's bytes), until the worker has stored it.
+/// (and at most its own bytes), until the worker has stored it.
 pub fn audit_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: subjects::AUDIT_STREAM.to_owned(),
@@ -60,7 +124,7 @@ pub fn audit_config(settings: &StreamSettings) -> stream::Config {
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
         max_age: settings.audit_retention,
-        max_bytes: settings.max_bytes,
+        max_bytes: settings.audit_max_bytes,
         num_replicas: settings.replicas,
         ..Default::default()
     }
@@ -70,7 +134,6 @@ pub fn audit_config(settings: &StreamSettings) -> stream::Config {
 pub async fn ensure_audit(
     js: &jetstream::Context,
     settings: &StreamSettings,
-) -> Result<stream::Stream, async_nats::Error> {
-    js.create_or_update_stream(audit_config(settings)).await?;
-    Ok(js.get_stream(subjects::AUDIT_STREAM).await?)
+) -> Result<stream::Stream, StreamError> {
+    create_or_update(js, audit_config(settings), subjects::AUDIT_STREAM).await
 }

@@ -1,5 +1,6 @@
 //! The worker against a real nats-server: it stores what the stream holds, refuses a stream
-//! that would reuse the store's message ids, and refuses to be a second worker on SQLite.
+//! that would reuse the store's message ids, refuses to be a second worker on SQLite, and says
+//! what to do when JetStream has too little storage for its streams.
 
 mod common;
 
@@ -13,14 +14,20 @@ use clap::Parser as _;
 use tokio::sync::oneshot;
 
 fn config(nats: &NatsServer, db: &std::path::Path) -> Config {
-    Config::try_parse_from([
+    config_with(nats, db, &[])
+}
+
+fn config_with(nats: &NatsServer, db: &std::path::Path, options: &[&str]) -> Config {
+    let url = nats.url();
+    let mut argv = vec![
         "worker",
         "--nats-url",
-        &nats.url(),
+        &url,
         "--db-path",
         db.to_str().unwrap(),
-    ])
-    .unwrap()
+    ];
+    argv.extend_from_slice(options);
+    Config::try_parse_from(argv).unwrap()
 }
 
 async fn publish_messages(nats: &NatsServer, count: usize) {
@@ -125,4 +132,55 @@ async fn a_second_worker_on_sqlite_is_refused_and_the_first_goes_on() {
     assert_eq!(committed, 20);
     stop.send(()).unwrap();
     first.await.unwrap().unwrap();
+}
+
+/// JetStream reserves each stream's byte limit against its `max_file_store` (by default 75% of
+/// the disk that was free when it started): on a server with too little, the worker stops at
+/// start and says which limit to change; with the limits lowered, it starts and stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_jetstream_storage_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let nats = NatsServer::start_with_file_store("4GB");
+
+    let refused = start_refused(config(&nats, &db)).await;
+    let error = match refused {
+        Err(error @ WorkerError::Stream(_)) => error.to_string(),
+        other => panic!("expected the stream refused, got {other:?}"),
+    };
+    for hint in ["CHAT", "max_file_store", "--stream-max-bytes"] {
+        assert!(error.contains(hint), "{hint} missing from: {error}");
+    }
+    println!("default limits on 4 GB: {error}");
+
+    // The main stream fits, but not the audit stream beside it.
+    let options = ["--stream-max-bytes", "3500000000"];
+    let refused = start_refused(config_with(&nats, &db, &options)).await;
+    let error = match refused {
+        Err(error @ WorkerError::Stream(_)) => error.to_string(),
+        other => panic!("expected the audit stream refused, got {other:?}"),
+    };
+    assert!(error.contains("CHAT_AUDIT"), "{error}");
+    assert!(error.contains("--audit-stream-max-bytes"), "{error}");
+
+    let options = ["--stream-max-bytes", "2000000000"];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = tokio::spawn(chat_persistence_worker::run(
+        config_with(&nats, &db, &options),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    publish_messages(&nats, 5).await;
+    assert_eq!(wait_for_stored(&nats, 5).await, ((1..=5).collect(), 5));
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+/// How a worker that must not start ended (within 30 s).
+async fn start_refused(config: Config) -> Result<(), WorkerError> {
+    let run = chat_persistence_worker::run(config, std::future::pending());
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the worker stops at start")
 }

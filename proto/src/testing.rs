@@ -14,6 +14,8 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     /// `name`, cluster port and the cluster's route URLs, for a server of a cluster.
     cluster: Option<(String, u16, Vec<String>)>,
+    /// JetStream's `max_file_store`.
+    max_file_store: &'static str,
 }
 
 /// A port that was free a moment ago.
@@ -27,11 +29,17 @@ pub fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server on a free port with a new store directory.
     pub fn start() -> Self {
+        Self::start_with_file_store("1TB")
+    }
+
+    /// Starts a server whose JetStream may use `max_file_store` (`"2GB"`, …) of file storage.
+    pub fn start_with_file_store(max_file_store: &'static str) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             cluster: None,
+            max_file_store,
         };
         server.spawn();
         server
@@ -55,6 +63,7 @@ impl NatsServer {
                     port: free_port(),
                     dir: tempfile::tempdir().expect("a temporary directory"),
                     cluster: Some((format!("n{}", i + 1), *cluster_port, routes.clone())),
+                    max_file_store: "1TB",
                 };
                 server.spawn();
                 server
@@ -100,8 +109,10 @@ impl NatsServer {
         let config = self.dir.path().join("nats.conf");
         let store_dir = self.store_dir();
         let store_dir = store_dir.to_str().expect("a UTF-8 temporary path");
-        let mut text =
-            format!("jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: 1TB\n}}\n");
+        let max_file_store = self.max_file_store;
+        let mut text = format!(
+            "jetstream {{\n  store_dir: {store_dir:?}\n  max_file_store: {max_file_store}\n}}\n"
+        );
         if let Some((name, cluster_port, routes)) = &self.cluster {
             text.push_str(&format!(
                 "server_name: {name}\ncluster {{\n  name: chat\n  listen: \"127.0.0.1:{cluster_port}\"\n  routes: {routes:?}\n}}\n"
