@@ -9,11 +9,48 @@
 # images from the binaries the tests built (deploy/images/build.sh with PROFILE=dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { echo "test.sh: $* (${SECONDS} s in)"; }
 deploy/install-tools.sh nats-server haproxy
 echo "nats-server: $(nats-server --version)"
+
+# What is downloaded and built for later steps starts at once, at the lowest priority, on the CPU
+# that the compiler and the tests leave idle: the deployment tools (Go builds of helm, kustomize
+# and kubeconform, minutes of CPU when not cached) and Cassandra's jars (Maven Central).
+# `background NAME COMMAND…` starts one; `await NAME` waits for it and fails with its output.
+declare -A pids logs
+background() {
+  logs[$1]=$(mktemp "${TMPDIR:-/tmp}/chat-$1.XXXXXX")
+  nice -n 19 "${@:2}" >"${logs[$1]}" 2>&1 &
+  pids[$1]=$!
+}
+await() {
+  wait "${pids[$1]}" || { cat "${logs[$1]}" >&2; echo "error: $1 failed" >&2; exit 1; }
+  cat "${logs[$1]}"
+  rm -f "${logs[$1]}"
+  unset "pids[$1]"
+}
+background deploy-tools deploy/validate/tools.sh
+[ -n "${SCYLLA_URI:-}" ] || background cassandra-install deploy/cassandra/cassandra.sh install
+cassandra_dir=
+cleanup() {
+  local rc=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "$cassandra_dir" ]; then
+    deploy/cassandra/cassandra.sh stop "$cassandra_dir" || true
+    if [ "$rc" -eq 0 ]; then rm -rf "$cassandra_dir"; else echo "Cassandra's files kept in $cassandra_dir" >&2; fi
+  fi
+  return "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "the local cluster"
 deploy/test-local-cluster.sh
+step "the load harness"
 # The load harness's test measures latency (p99 at each step of a ramp): it runs before the
 # Cassandra node starts, on a machine that the database's background work (flushes and
 # compactions after the store tests) does not share.
@@ -22,24 +59,12 @@ cargo test -p chat-loadtest --locked
 # The CQL server of the store tests: ScyllaDB when SCYLLA_URI (host:port) is given, else one
 # Apache Cassandra 5.0 node started here for the run (jars cached between runs, its own directory
 # and free ports; see docs/operations.md). The store tests read SCYLLA_URI or CASSANDRA_URI.
-cassandra_dir=
-stop_cassandra() {
-  local rc=$?
-  if [ -n "$cassandra_dir" ]; then
-    deploy/cassandra/cassandra.sh stop "$cassandra_dir" || true
-    if [ "$rc" -eq 0 ]; then rm -rf "$cassandra_dir"; else echo "Cassandra's files kept in $cassandra_dir" >&2; fi
-  fi
-  return "$rc"
-}
 if [ -n "${SCYLLA_URI:-}" ]; then
   unset CASSANDRA_URI
   echo "store tests: ScyllaDB at $SCYLLA_URI (SCYLLA_URI is set; no Cassandra node started)"
 else
-  deploy/cassandra/cassandra.sh install
+  await cassandra-install
   cassandra_dir="$(mktemp -d "${TMPDIR:-/tmp}/chat-cassandra.XXXXXX")"
-  trap stop_cassandra EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
   started=$(date +%s)
   if ! CASSANDRA_URI="$(deploy/cassandra/cassandra.sh start "$cassandra_dir")"; then
     echo "error: the Apache Cassandra node for the store tests did not start (its log: $cassandra_dir/cassandra.log)." >&2
@@ -50,7 +75,12 @@ else
   export CASSANDRA_TLS_CA="$cassandra_dir/tls/ca.pem"
   echo "store tests: Apache Cassandra at $CASSANDRA_URI (started in $(($(date +%s) - started)) s; set SCYLLA_URI to use ScyllaDB instead)"
 fi
+step "the workspace's tests"
 cargo test --workspace --exclude chat-loadtest --locked
+step "the deployment files"
+await deploy-tools
 deploy/validate/validate.sh
+step "the images"
 PROFILE=dev deploy/images/build.sh
 deploy/images/check.sh
+step "all passed"
