@@ -3,7 +3,9 @@
 # installs what the tests need (nats-server and haproxy from the OS packages; Java 17 and Maven too when a
 # Cassandra node is to be started and they are missing), then checks formatting and lints, starts
 # the CQL server of the store tests (one Apache Cassandra 5.0 node, unless SCYLLA_URI names a
-# ScyllaDB), and runs every test. Tests start their own nats-server on free ports. Then it renders
+# ScyllaDB), and runs every test. Tests start their own nats-server on free ports. Then a real
+# Prometheus (OS package) scrapes a local cluster, and a real Jaeger (Go module proxy) takes its
+# traces (deploy/observability/test-*.sh). Then it renders
 # and validates the Helm chart and the Kubernetes manifests (deploy/validate/validate.sh: helm,
 # kustomize and kubeconform from the Go module proxy, cached), and builds and checks the container
 # images from the binaries the tests built (deploy/images/build.sh with PROFILE=dev).
@@ -15,7 +17,8 @@ echo "nats-server: $(nats-server --version)"
 
 # What is downloaded and built for later steps starts at once, at the lowest priority, on the CPU
 # that the compiler and the tests leave idle: the deployment tools (Go builds of helm, kustomize
-# and kubeconform, minutes of CPU when not cached) and Cassandra's jars (Maven Central).
+# and kubeconform, minutes of CPU when not cached), Jaeger (the trace test's OTLP receiver, also a
+# Go build) and Cassandra's jars (Maven Central).
 # `background NAME COMMAND…` starts one; `await NAME` waits for it and fails with its output.
 declare -A pids logs
 background() {
@@ -30,6 +33,7 @@ await() {
   unset "pids[$1]"
 }
 background deploy-tools deploy/validate/tools.sh
+background jaeger deploy/observability/jaeger.sh
 [ -n "${SCYLLA_URI:-}" ] || background cassandra-install deploy/cassandra/cassandra.sh install
 cassandra_dir=
 cleanup() {
@@ -77,6 +81,10 @@ else
 fi
 step "the workspace's tests"
 cargo test --workspace --exclude chat-loadtest --locked
+step "observability: Prometheus scrapes the local cluster; a message's trace in Jaeger"
+deploy/observability/test-prometheus.sh
+await jaeger
+deploy/observability/test-tracing.sh
 step "the deployment files"
 await deploy-tools
 deploy/validate/validate.sh

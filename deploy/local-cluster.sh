@@ -15,7 +15,8 @@
 #
 # Ports (environment): LB_PORT (8000: HAProxy), NATS_PORT (4222; with --nats-cluster N the
 # servers take NATS_PORTS, "4222 4223 4224", and NATS_CLUSTER_PORTS, "6222 6223 6224"),
-# ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081"). GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
+# ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081": the gateways' admin
+# ports), ROUTER_ADMIN_PORT (9070), WORKER_ADMIN_PORT (9090); every admin port serves /metrics. GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
 # and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
 # STREAM_MAX_BYTES (2 GiB) and AUDIT_STREAM_MAX_BYTES (256 MiB): the streams' size limits, below
@@ -52,6 +53,8 @@ read -r -a nats_cluster_ports <<<"${NATS_CLUSTER_PORTS:-6222 6223 6224 6225 6226
 nats_ports=("${nats_ports[@]:0:$nats_servers}")
 nats_cluster_ports=("${nats_cluster_ports[@]:0:$nats_servers}")
 router_port=${ROUTER_PORT:-7070}
+router_admin_port=${ROUTER_ADMIN_PORT:-9070}
+worker_admin_port=${WORKER_ADMIN_PORT:-9090}
 router_url="http://127.0.0.1:$router_port"
 read -r -a gateway_ports <<<"${GATEWAY_PORTS:-8080 8081}"
 read -r -a admin_ports <<<"${ADMIN_PORTS:-9080 9081}"
@@ -64,8 +67,8 @@ export CHAT_JWT_SECRET
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 cluster_ports=()
 ((nats_servers == 1)) || cluster_ports=("${nats_cluster_ports[@]}")
-for port in "$lb_port" "${nats_ports[@]}" "${cluster_ports[@]}" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}"; do
-  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT(S), NATS_CLUSTER_PORTS, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS)" >&2; exit 1; }
+for port in "$lb_port" "${nats_ports[@]}" "${cluster_ports[@]}" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}" "$router_admin_port" "$worker_admin_port"; do
+  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT(S), NATS_CLUSTER_PORTS, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS, ROUTER_ADMIN_PORT, WORKER_ADMIN_PORT)" >&2; exit 1; }
 done
 
 pids=()
@@ -121,9 +124,11 @@ if ((nats_servers > 1)); then
   done
 fi
 
-start router "$bin"/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port"
+start router "$bin"/chat-router --nats-url "$nats_url" --listen "127.0.0.1:$router_port" \
+  --admin-listen "127.0.0.1:$router_admin_port"
 stream_replicas=$((nats_servers >= 3 ? 3 : 1))
 start worker "$bin"/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
+  --admin-listen "127.0.0.1:$worker_admin_port" \
   --router-urls "$router_url" --stream-replicas "$stream_replicas" \
   --stream-max-bytes "${STREAM_MAX_BYTES:-2147483648}" \
   --audit-stream-max-bytes "${AUDIT_STREAM_MAX_BYTES:-268435456}"
@@ -178,6 +183,7 @@ Chat backend running (logs in $state/):
   NATS:       $nats_url ($nats_servers server(s), the stream replicated $stream_replicas time(s); JetStream store in $state/nats*)
   router:     $router_url (presence, placement, at most 5 sessions per user)
   store:      $state/chat.db
+  metrics:    http://127.0.0.1:{${admin_ports[0]},${admin_ports[1]},$router_admin_port,$worker_admin_port}/metrics (gateways, router, worker)
 
 Development tokens (HS256, secret generated for this run, valid 24 h):
   alice: $(token alice)

@@ -8,7 +8,7 @@
 # helm, kustomize and kubeconform are built from the Go module proxy (helm takes about 3.5
 # minutes of 2 cores the first time); yamllint and the Kubernetes API schemas (the strict
 # ones that kubernetes-validate ships) come from PyPI; the custom resources' definitions from
-# their projects' Go modules: ServiceMonitor (prometheus-operator), HTTPRoute (Gateway API),
+# their projects' Go modules: ServiceMonitor and PrometheusRule (prometheus-operator), HTTPRoute (Gateway API),
 # ScyllaCluster (scylla-operator). Environment: CHAT_TOOLS (the cache; default
 # ${XDG_CACHE_HOME:-$HOME/.cache}/chat/deploy-tools).
 set -euo pipefail
@@ -20,6 +20,7 @@ kubeconform=github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0
 python_packages=(kubernetes-validate==1.37.0 yamllint==1.38.0)
 crd_modules=(
   github.com/prometheus-operator/prometheus-operator@v0.88.0:example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml
+  github.com/prometheus-operator/prometheus-operator@v0.88.0:example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml
   sigs.k8s.io/gateway-api@v1.6.3:config/crd/standard/gateway.networking.k8s.io_httproutes.yaml
   github.com/scylladb/scylla-operator@v1.18.0:deploy/operator.yaml
 )

@@ -262,6 +262,10 @@ pub struct Config {
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,
+
+    /// Traces over OTLP.
+    #[command(flatten)]
+    pub trace: chat_proto::telemetry::TraceOptions,
 }
 
 /// Why a configuration was refused.
@@ -338,6 +342,7 @@ pub const MAX_OUTBOX_FRAMES: usize = 1_000_000;
 impl Config {
     /// Checks every option but the keys; touches no file, socket or environment variable.
     pub fn check(&self) -> Result<(), OptionError> {
+        self.trace.validate()?;
         options::nats_servers(&self.nats_url)?;
         options::router_urls(&self.router_urls)?;
         let distinct = [

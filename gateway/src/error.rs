@@ -154,6 +154,21 @@ impl CloseReason {
         }
     }
 
+    /// The reason as a metric's label: `auth_timeout`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::TooBig => "too_big",
+            Self::Restarting => "restarting",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::AuthTimeout => "auth_timeout",
+            Self::OverLimit => "over_limit",
+            Self::TooSlow => "too_slow",
+            Self::Internal => "internal",
+        }
+    }
+
     /// The reason with close code `code`, if it is one of the server's.
     pub fn from_code(code: u16) -> Option<Self> {
         Self::ALL.into_iter().find(|reason| reason.code() == code)

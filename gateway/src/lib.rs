@@ -6,7 +6,7 @@
 //! conversation once, whatever its number of local members, and fans out locally ([`hub`]). Reads
 //! come from the persistence worker ([`worker`]) completed from the stream ([`history`]).
 //! Membership look-ups are cached (moka), invalidated by bus events and flushed after a
-//! reconnection. [`admin`] serves health, readiness and metrics. [`run`] starts it all, exactly
+//! reconnection. [`admin`] serves health, readiness and [`metrics`]. [`run`] starts it all, exactly
 //! as `main` and the tests do; `testing` (feature `test-util`) starts a whole cluster for tests.
 
 pub mod admin;
@@ -18,6 +18,7 @@ pub mod error;
 pub mod history;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod permissions;
 pub mod presence;
 mod publish;
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use chat_proto::metrics::NatsMetrics;
 use chat_proto::routing::Routers;
 use chat_proto::subjects;
 use tokio::net::TcpListener;
@@ -48,6 +50,7 @@ pub use config::{Config, Settings};
 use history::StreamReader;
 use hub::{BusSignal, Hub, MembershipCache};
 use limits::Limiter;
+use metrics::Metrics;
 use router::RouterLink;
 use validation::ContentLimits;
 use worker::WorkerClient;
@@ -90,6 +93,7 @@ pub struct Shared {
     connections: Arc<Semaphore>,
     max_connections: usize,
     draining: AtomicBool,
+    metrics: Metrics,
 }
 
 impl Shared {
@@ -187,29 +191,35 @@ impl Node {
         let config = settings.config.clone();
         let max_connections = connection_limit(config.max_connections);
         let (signals_tx, signals) = mpsc::channel(64);
-        // The service's options, with a callback that also tells the hub of losses.
-        let client =
-            chat_proto::service::nats_options(format!("chat-gateway {}", settings.node_id))
-                .request_timeout(Some(config.request_timeout))
-                .event_callback(move |event| {
-                    let signals = signals_tx.clone();
-                    async move {
-                        let signal = match event {
-                            async_nats::Event::Connected => Some(BusSignal::Connected),
-                            async_nats::Event::Disconnected => Some(BusSignal::Disconnected),
-                            async_nats::Event::SlowConsumer(_) => Some(BusSignal::SlowConsumer),
-                            _ => None,
-                        };
-                        tracing::info!(%event, "nats");
-                        if let Some(signal) = signal {
-                            // A full queue already holds a signal that triggers the same fill.
-                            let _ = signals.try_send(signal);
-                        }
-                    }
-                })
-                .connect(chat_proto::options::nats_servers(&config.nats_url)?)
-                .await
-                .map_err(|e| GatewayError::Nats(e.to_string()))?;
+        let nats_metrics = NatsMetrics::default();
+        let events = nats_metrics.clone();
+        // The service's options, with a callback (in place of theirs) that also tells the hub of
+        // losses.
+        let client = chat_proto::service::nats_options(
+            format!("chat-gateway {}", settings.node_id),
+            nats_metrics.clone(),
+        )
+        .request_timeout(Some(config.request_timeout))
+        .event_callback(move |event| {
+            let signals = signals_tx.clone();
+            events.observe(&event);
+            async move {
+                let signal = match event {
+                    async_nats::Event::Connected => Some(BusSignal::Connected),
+                    async_nats::Event::Disconnected => Some(BusSignal::Disconnected),
+                    async_nats::Event::SlowConsumer(_) => Some(BusSignal::SlowConsumer),
+                    _ => None,
+                };
+                tracing::info!(%event, "nats");
+                if let Some(signal) = signal {
+                    // A full queue already holds a signal that triggers the same fill.
+                    let _ = signals.try_send(signal);
+                }
+            }
+        })
+        .connect(chat_proto::options::nats_servers(&config.nats_url)?)
+        .await
+        .map_err(|e| GatewayError::Nats(e.to_string()))?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
         let stream = js
@@ -261,8 +271,10 @@ impl Node {
             presence_changes,
             relay_token.clone(),
         ));
+        let metrics = Metrics::new(hub.stats(), nats_metrics);
         let gateway = Gateway {
             shared: Arc::new(Shared {
+                metrics,
                 limits: ContentLimits {
                     max_content_chars: config.max_content_chars,
                     max_attachments: config.max_attachments,
@@ -336,7 +348,11 @@ pub async fn run(
     let node = Node::start(settings).await?;
     let gateway = node.gateway.clone();
     let admin_token = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin, gateway.clone(), admin_token.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        gateway.clone(),
+        admin_token.clone().cancelled_owned(),
+    ));
     let api_task = match (api, api_keys) {
         (Some(listener), Some(keys)) => Some(tokio::spawn(api::serve(
             listener,

@@ -12,7 +12,6 @@ async fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
-    chat_proto::service::init_tracing(cli.config.log_json);
     if let Some(Command::DevToken { user, ttl, role }) = &cli.command {
         let Some(secret) = &cli.config.jwt_secret else {
             eprintln!("dev-token needs --jwt-secret (or CHAT_JWT_SECRET)");
@@ -31,7 +30,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(chat_proto::service::EX_USAGE);
         }
     };
-    chat_proto::service::exit_code(serve(settings).await)
+    let (node, json) = (settings.node_id.clone(), settings.config.log_json);
+    let trace = settings.config.trace.clone();
+    chat_proto::service::run_main("chat-gateway", Some(&node), json, &trace, serve(settings)).await
 }
 
 async fn serve(settings: chat_gateway::Settings) -> anyhow::Result<()> {

@@ -2,9 +2,13 @@
 //! both do. A new message is stored durably (JetStream, de-duplicated by its sender's
 //! `clientMessageId`), then announced live with the sequence the stream gave it.
 
+use std::time::Instant;
+
+use async_nats::HeaderMap;
 use chat_proto::bus::{self, Stored};
 use chat_proto::subjects;
 use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
+use tracing::Instrument as _;
 
 use crate::Shared;
 use crate::error::RequestError;
@@ -28,13 +32,24 @@ pub(crate) fn dedup_id(message: &v1::ChatMessage) -> Option<String> {
         .map(|id| subjects::dedup_id(&message.sender_id, &message.conversation_id, id))
 }
 
+/// The span of a new message's way into the stream and out to the nodes, when traces are on:
+/// its context goes with the event (NATS headers), so that the worker's write and every node's
+/// fan-out are in the same trace.
+pub(crate) fn publish_span(conversation_id: &str) -> tracing::Span {
+    crate::session::traced(|| {
+        tracing::info_span!("publish", conversation_id, trace_id = tracing::field::Empty)
+    })
+}
+
 /// Once the stream has stored a new message: the message with its id (a duplicate: the first
-/// one, as it was stored), announced live. A duplicate is announced again: the first
-/// announcement may have been lost with the first answer (members drop what they have).
+/// one, as it was stored), announced live (with `trace`, its trace context). A duplicate is
+/// announced again: the first announcement may have been lost with the first answer (members
+/// drop what they have).
 pub(crate) async fn announce_created(
     shared: &Shared,
     mut message: v1::ChatMessage,
     stored: Stored,
+    trace: Option<&HeaderMap>,
 ) -> v1::ChatMessage {
     shared.hub.observe(stored.seq);
     message.id = stored.seq;
@@ -45,7 +60,7 @@ pub(crate) async fn announce_created(
     }
     let mut event = created(message.clone());
     event.seq = stored.seq;
-    if let Err(error) = bus::publish_live(&shared.client, &event).await {
+    if let Err(error) = bus::publish_live(&shared.client, &event, trace).await {
         tracing::warn!(%error, "live publish failed; members fill from the stream");
     }
     message
@@ -56,10 +71,19 @@ pub(crate) async fn create_message(
     shared: &Shared,
     message: v1::ChatMessage,
 ) -> Result<v1::ChatMessage, RequestError> {
-    let dedup = dedup_id(&message);
-    let ack = bus::start_durable(&shared.js, &created(message.clone()), dedup.as_deref()).await?;
-    let stored = bus::finish_durable(ack).await?;
-    Ok(announce_created(shared, message, stored).await)
+    let span = publish_span(&message.conversation_id);
+    let trace = chat_proto::telemetry::headers(&span);
+    async {
+        let dedup = dedup_id(&message);
+        let started = Instant::now();
+        let event = created(message.clone());
+        let ack = bus::start_durable(&shared.js, &event, dedup.as_deref(), trace.as_ref()).await?;
+        let stored = bus::finish_durable(ack).await?;
+        shared.metrics.message_stored(started.elapsed());
+        Ok(announce_created(shared, message, stored, trace.as_ref()).await)
+    }
+    .instrument(span)
+    .await
 }
 
 /// Stores an event durably and announces it.

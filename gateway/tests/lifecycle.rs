@@ -41,7 +41,7 @@ async fn a_reader_that_stalls_is_closed_with_4503_and_the_others_get_everything(
     sender.await.unwrap();
     let metrics = common::get(cluster.gateways[1].admin, "/metrics").await;
     assert!(
-        metrics.contains("chat_gateway_evicted_slow_total 1"),
+        metrics.contains("chat_gateway_slow_consumer_closes_total 1"),
         "{metrics}"
     );
     // When she reads again, she gets what was under way, then the close.

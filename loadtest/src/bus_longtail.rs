@@ -188,7 +188,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 };
                 let sent = epoch.elapsed().as_micros() as u64;
                 let mut event = event(conversation_id, format!("{name}:{sent}"));
-                let ack = bus::start_durable(&js, &event, None).await?;
+                let ack = bus::start_durable(&js, &event, None, None).await?;
                 let stored = bus::finish_durable(ack).await?;
                 let acked = (epoch.elapsed().as_micros() as u64)
                     .saturating_sub(sent)
@@ -264,7 +264,8 @@ pub(crate) async fn fill(
             .into_iter()
             .take(if i % 50 == 0 { 2 } else { 1 })
         {
-            let ack = bus::start_durable(js, &event(conversation_id, filler.clone()), None).await?;
+            let ack =
+                bus::start_durable(js, &event(conversation_id, filler.clone()), None, None).await?;
             in_flight.push(bus::finish_durable(ack));
         }
         while in_flight.len() > 2_000 {

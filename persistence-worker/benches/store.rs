@@ -214,12 +214,18 @@ async fn drain(name: &str, workers: usize, flags: &[String]) {
     let nats = NatsServer::start();
     let config = || {
         let nats_url = nats.url();
-        let args = ["worker", "--nats-url", &nats_url]
-            .into_iter()
-            .chain(flags.iter().map(String::as_str));
+        let args = [
+            "worker",
+            "--nats-url",
+            &nats_url,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str));
         chat_persistence_worker::Config::try_parse_from(args).expect("worker flags parse")
     };
-    let client = chat_persistence_worker::connect(&nats.url())
+    let client = chat_persistence_worker::connect(&nats.url(), Default::default())
         .await
         .expect("nats");
     let js = async_nats::jetstream::new(client);
@@ -231,7 +237,7 @@ async fn drain(name: &str, workers: usize, flags: &[String]) {
         let mut acks = Vec::with_capacity(chunk.len());
         for event in chunk {
             acks.push(
-                bus::start_durable(&js, event, None)
+                bus::start_durable(&js, event, None, None)
                     .await
                     .expect("published"),
             );

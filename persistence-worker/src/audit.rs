@@ -17,6 +17,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerError;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Records stored a batch.
@@ -37,6 +38,7 @@ pub async fn run<S: Store>(
     stream: Stream,
     store: S,
     keep: Duration,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     // One worker (SQLite) acknowledges a batch with one ack of its last record; workers that
@@ -122,6 +124,7 @@ pub async fn run<S: Store>(
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        metrics.audit_written(events.len());
         let acked = if ack_all {
             &batch[batch.len() - 1..]
         } else {

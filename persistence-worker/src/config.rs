@@ -64,6 +64,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: std::net::SocketAddr,
+
     /// Path of the embedded SQLite store (created if missing), not empty. Exactly one worker
     /// may use it.
     #[arg(long, env = "CHAT_DB_PATH", default_value = "chat.db")]
@@ -185,11 +189,16 @@ pub struct Config {
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,
+
+    /// Traces over OTLP.
+    #[command(flatten)]
+    pub trace: chat_proto::telemetry::TraceOptions,
 }
 
 impl Config {
     /// Checks every option; touches no file, socket or environment variable.
     pub fn validate(&self) -> Result<(), OptionError> {
+        self.trace.validate()?;
         options::nats_servers(&self.nats_url)?;
         if self.store == StoreKind::Scylla {
             self.validate_cql()?;

@@ -32,6 +32,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerError;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How the consumer batches and acknowledges.
@@ -147,6 +148,7 @@ pub async fn run<S: Store>(
     stream: Stream,
     store: S,
     settings: Settings,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let consumer = open(&stream, &store, &settings).await?;
@@ -186,8 +188,9 @@ pub async fn run<S: Store>(
         }
 
         let (events, through) = decode(&batch);
+        let _traced = store_spans(&batch);
         let commit_through = (!S::SHARED).then_some(through);
-        let written = write_until_committed(&store, events, commit_through, &shutdown);
+        let written = write_until_committed(&store, events, commit_through, &metrics, &shutdown);
         while_in_progress(&batch, settings.ack_wait, written).await?;
         ack(&batch).await;
         if S::SHARED {
@@ -213,6 +216,21 @@ fn decode(batch: &[Message]) -> (Vec<ConversationEvent>, u64) {
         }
     }
     (events, through)
+}
+
+/// A `store` span for each event of the batch that is in a kept trace (its NATS headers carry
+/// the trace context), open until the batch is written and acknowledged.
+fn store_spans(batch: &[Message]) -> Vec<tracing::Span> {
+    if !chat_proto::telemetry::enabled() {
+        return Vec::new();
+    }
+    batch
+        .iter()
+        .filter_map(|message| {
+            let span = tracing::info_span!("store", subject = %message.subject);
+            chat_proto::telemetry::follow(&span, message.headers.as_ref()).then_some(span)
+        })
+        .collect()
 }
 
 /// Runs `write`, telling the server every third of the ack wait that the batch is in progress.
@@ -275,13 +293,19 @@ async fn write_until_committed<S: Store>(
     store: &S,
     events: Vec<ConversationEvent>,
     commit_through: Option<u64>,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
+        let started = Instant::now();
         match store.apply(events.clone(), commit_through).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                metrics.batch_written(events.len(), started.elapsed());
+                return Ok(());
+            }
             Err(error) => {
+                metrics.write_failed();
                 tracing::error!(%error, ?commit_through, "store write failed; retrying");
                 if !backoff.wait(shutdown.cancelled()).await {
                     return Err(WorkerError::Store(error));

@@ -6,10 +6,12 @@
 //! implementation. [`run`] starts all of it, exactly as `main` and the tests do; `main` first
 //! checks the options ([`Config::validate`]).
 
+mod admin;
 pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod import;
+pub mod metrics;
 mod password;
 pub mod rpc;
 pub mod store;
@@ -24,6 +26,7 @@ use chat_proto::routing::Routers;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Command, Config, StoreKind};
+use metrics::Metrics;
 use store::cql::{CqlStore, migrations};
 use store::{Store, StoreError, sqlite::SqliteStore};
 
@@ -42,6 +45,9 @@ pub enum WorkerError {
     /// A router URL is not valid.
     #[error(transparent)]
     Router(#[from] chat_proto::routing::RoutingError),
+    /// The admin port could not be bound.
+    #[error("cannot listen on {0} (--admin-listen): {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
     /// A task of the worker panicked.
     #[error("worker task failed: {0}")]
     Task(String),
@@ -67,11 +73,15 @@ pub enum WorkerError {
     },
 }
 
-/// Connects to NATS (one URL or several, comma-separated) with the worker's options.
-pub async fn connect(nats_url: &str) -> Result<async_nats::Client, WorkerError> {
+/// Connects to NATS (one URL or several, comma-separated) with the worker's options, its events
+/// counted in `metrics`.
+pub async fn connect(
+    nats_url: &str,
+    metrics: chat_proto::metrics::NatsMetrics,
+) -> Result<async_nats::Client, WorkerError> {
     let servers = chat_proto::options::nats_servers(nats_url)
         .map_err(|e| WorkerError::Nats(e.to_string()))?;
-    chat_proto::service::nats_options("chat-persistence-worker")
+    chat_proto::service::nats_options("chat-persistence-worker", metrics)
         .connect(servers)
         .await
         .map_err(|e| WorkerError::Nats(e.to_string()))
@@ -130,13 +140,29 @@ async fn serve<S: Store + Clone>(
     store: S,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
-    let client = connect(&config.nats_url).await?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|error| WorkerError::Admin(config.admin_listen, error))?;
+    let metrics = Metrics::default();
+    let client = connect(&config.nats_url, metrics.nats.clone()).await?;
     let js = jetstream::new(client.clone());
     let mut stream = stream::ensure(&js, &config.stream()).await?;
     consumer::check_stream_position(&mut stream, &store).await?;
     let audit_stream = stream::ensure_audit(&js, &config.stream()).await?;
 
     let token = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        client.clone(),
+        metrics.clone(),
+        token.child_token().cancelled_owned(),
+    ));
+    let lag_task = tokio::spawn(metrics::watch_lag(
+        stream.clone(),
+        store.clone(),
+        metrics.clone(),
+        token.child_token(),
+    ));
     let settings = consumer::Settings {
         batch_size: usize::from(config.batch_size),
         batch_wait: config.batch_wait,
@@ -146,18 +172,21 @@ async fn serve<S: Store + Clone>(
         stream,
         store.clone(),
         settings,
+        metrics.clone(),
         token.child_token(),
     ));
     let mut auditing = tokio::spawn(audit::run(
         audit_stream,
         store.clone(),
         config.audit_retention,
+        metrics.clone(),
         token.child_token(),
     ));
-    let serving = tokio::spawn(
-        rpc::Handlers::new(client.clone(), routers, store)
-            .serve(config.max_concurrent_requests, token.child_token()),
-    );
+    let serving = tokio::spawn(rpc::Handlers::new(client.clone(), routers, store).serve(
+        config.max_concurrent_requests,
+        metrics.clone(),
+        token.child_token(),
+    ));
     tracing::info!("worker ready");
 
     let consumed = tokio::select! {
@@ -184,5 +213,7 @@ async fn serve<S: Store + Clone>(
         let _ = auditing.await;
     }
     chat_proto::service::final_flush(&client).await;
+    let _ = admin_task.await;
+    let _ = lag_task.await;
     consumed.map_err(|e| WorkerError::Task(e.to_string()))?
 }

@@ -13,12 +13,12 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
-    chat_proto::service::init_tracing(config.log_json);
     if let Err(error) = config.validate() {
         eprintln!("error: {error}");
         return ExitCode::from(chat_proto::service::EX_USAGE);
     }
-    chat_proto::service::exit_code(run(config).await)
+    let (json, trace) = (config.log_json, config.trace.clone());
+    chat_proto::service::run_main("chat-persistence-worker", None, json, &trace, run(config)).await
 }
 
 async fn run(config: chat_persistence_worker::Config) -> anyhow::Result<()> {

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::password;
 use crate::store::{
     LISTED_PARTICIPANTS, MAX_READ_PARTICIPANTS, Membership, Page, Store, StoreError, Window,
@@ -87,11 +88,12 @@ impl<S: Store> Handlers<S> {
         }
     }
 
-    /// Serves until `shutdown`, at most `max_concurrent` requests at once; waits for the ones
-    /// under way before it returns.
+    /// Serves until `shutdown`, at most `max_concurrent` requests at once (counted in
+    /// `metrics`); waits for the ones under way before it returns.
     pub async fn serve(
         self,
         max_concurrent: usize,
+        metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::Error> {
         let this = Arc::new(self);
@@ -110,6 +112,7 @@ impl<S: Store> Handlers<S> {
             let Some(reply_to) = request.reply.clone() else {
                 continue;
             };
+            metrics.request();
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
@@ -308,11 +311,11 @@ impl<S: Store> Handlers<S> {
     /// Stores an event durably, applies it to the store, and announces it on the conversation.
     async fn record(&self, conversation_id: &str, kind: Kind) -> Result<(), Failure> {
         let mut event = v1::ConversationEvent::new(conversation_id.to_owned(), kind);
-        event.seq = bus::finish_durable(bus::start_durable(&self.js, &event, None).await?)
+        event.seq = bus::finish_durable(bus::start_durable(&self.js, &event, None, None).await?)
             .await?
             .seq;
         self.store.apply(vec![event.clone()], None).await?;
-        bus::publish_live(&self.client, &event).await?;
+        bus::publish_live(&self.client, &event, None).await?;
         Ok(())
     }
 

@@ -81,9 +81,15 @@ async fn the_worker_stores_the_stream_in_the_cql_store() {
         use clap::Parser as _;
         let nats_url = nats.url();
         let flags = worker_flags(&uri, &keyspace);
-        let args = ["worker", "--nats-url", &nats_url]
-            .into_iter()
-            .chain(flags.iter().map(String::as_str));
+        let args = [
+            "worker",
+            "--nats-url",
+            &nats_url,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str));
         chat_persistence_worker::Config::try_parse_from(args).unwrap()
     };
     let run = |config| {
@@ -96,7 +102,7 @@ async fn the_worker_stores_the_stream_in_the_cql_store() {
     let publish = async |range: std::ops::Range<usize>| {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client.clone());
-        common::wait_for_stream(&js).await;
+        common::wait_for_worker(&client).await;
         for i in range {
             let event = common::message(format!("m{i}"));
             chat_proto::bus::publish(&js, &client, event, None)

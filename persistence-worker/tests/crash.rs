@@ -16,7 +16,7 @@ async fn a_worker_killed_mid_batch_stores_every_acked_message_once_after_a_resta
     let nats = NatsServer::start();
     let worker = WorkerProcess::start(&nats.url(), &args);
     let client = async_nats::connect(nats.url()).await.unwrap();
-    common::wait_for_stream(&async_nats::jetstream::new(client.clone())).await;
+    common::wait_for_worker(&client).await;
 
     // A writer at a steady 1,000 a second while the worker dies and comes back.
     let writer = common::steady_writer(nats.url(), 0..1_500);

@@ -25,6 +25,8 @@ fn config_with(nats: &NatsServer, db: &std::path::Path, options: &[&str]) -> Con
         &url,
         "--db-path",
         db.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
     ];
     argv.extend_from_slice(options);
     Config::try_parse_from(argv).unwrap()
@@ -33,7 +35,7 @@ fn config_with(nats: &NatsServer, db: &std::path::Path, options: &[&str]) -> Con
 async fn publish_messages(nats: &NatsServer, count: usize) {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    common::wait_for_stream(&js).await;
+    common::wait_for_worker(&client).await;
     for i in 0..count {
         let event = common::message(format!("m{i}"));
         bus::publish(&js, &client, event, None).await.unwrap();

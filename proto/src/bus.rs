@@ -47,15 +47,19 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
-/// Sends `event` to its conversation's stream subject and returns the acknowledgement future
-/// without waiting for it. Publishes from one task leave in the order they were made, so awaiting
-/// the futures later keeps a socket's sends in order.
+/// Sends `event` to its conversation's stream subject (with `trace`'s headers: its trace context)
+/// and returns the acknowledgement future without waiting for it. Publishes from one task leave
+/// in the order they were made, so awaiting the futures later keeps a socket's sends in order.
 pub async fn start_durable(
     js: &jetstream::Context,
     event: &ConversationEvent,
     dedup_id: Option<&str>,
+    trace: Option<&HeaderMap>,
 ) -> Result<jetstream::context::PublishAckFuture, BusError> {
     let mut publish = PublishMessage::build().payload(Bytes::from(event.encode_to_vec()));
+    if let Some(headers) = trace {
+        publish = publish.headers(headers.clone());
+    }
     if let Some(id) = dedup_id {
         publish = publish.message_id(id);
     }
@@ -91,18 +95,24 @@ pub async fn publish_audit(
         .map_err(|e| BusError::Live(e.to_string()))
 }
 
-/// Publishes `event` (with its `seq`) on its conversation's live subject.
+/// Publishes `event` (with its `seq`) on its conversation's live subject, with `trace`'s headers
+/// (its trace context).
 pub async fn publish_live(
     client: &async_nats::Client,
     event: &ConversationEvent,
+    trace: Option<&HeaderMap>,
 ) -> Result<(), BusError> {
-    client
-        .publish(
-            subjects::conversation_live(&event.conversation_id),
-            Bytes::from(event.encode_to_vec()),
-        )
-        .await
-        .map_err(|e| BusError::Live(e.to_string()))
+    let subject = subjects::conversation_live(&event.conversation_id);
+    let payload = Bytes::from(event.encode_to_vec());
+    match trace {
+        Some(headers) => {
+            client
+                .publish_with_headers(subject, headers.clone(), payload)
+                .await
+        }
+        None => client.publish(subject, payload).await,
+    }
+    .map_err(|e| BusError::Live(e.to_string()))
 }
 
 /// Publishes an event addressed to one user: to the nodes that hold the user's sessions when the
@@ -141,10 +151,10 @@ pub async fn publish(
     mut event: ConversationEvent,
     dedup_id: Option<&str>,
 ) -> Result<(ConversationEvent, Stored), BusError> {
-    let stored = finish_durable(start_durable(js, &event, dedup_id).await?).await?;
+    let stored = finish_durable(start_durable(js, &event, dedup_id, None).await?).await?;
     event.seq = stored.seq;
     if !stored.duplicate {
-        publish_live(client, &event).await?;
+        publish_live(client, &event, None).await?;
     }
     Ok((event, stored))
 }

@@ -22,9 +22,8 @@ pub const MAX_REQUEST_ID_CHARS: usize = 64;
 /// `messages:sync` page size when none is asked for, and the largest.
 pub const SYNC_LIMIT: (u32, u32) = (50, 100);
 
-/// Error codes of `error` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+/// Error codes of `error` frames, written as [`ErrorCode::as_str`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// Missing, bad or expired token.
     Unauthorized,
@@ -44,7 +43,39 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [Self; 8] = [
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::ValidationError,
+        Self::RateLimited,
+        Self::ProtocolError,
+        Self::InternalError,
+        Self::Unavailable,
+    ];
+
+    /// The code as it is written on the wire and in metrics, `RATE_LIMITED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::ValidationError => "VALIDATION_ERROR",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::ProtocolError => "PROTOCOL_ERROR",
+            Self::InternalError => "INTERNAL_ERROR",
+            Self::Unavailable => "UNAVAILABLE",
+        }
+    }
+
     /// Whether retrying the same request later can succeed.
     pub fn recoverable(self) -> bool {
         matches!(

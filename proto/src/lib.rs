@@ -12,7 +12,10 @@
 //! - [`options`]: the checks of the options every binary shares (durations, counts, NATS and
 //!   router URLs), from which each binary's `validate` is built.
 //! - [`timestamp`]: the protocol's ISO 8601 UTC timestamps.
-//! - `service` (feature `service`): logging and the shutdown signal of every binary.
+//! - `service` (feature `service`): logging and the shutdown signal of every binary; `admin`
+//!   (feature `service`): the admin port (health, readiness, metrics); `metrics` (feature
+//!   `service`): what the binaries' metrics share; `telemetry` (feature `service`): logs, and
+//!   traces over OTLP with their context in NATS headers.
 //! - `testing` (feature `test-util`): a real `nats-server` for tests.
 //!
 //! Nothing here depends on a binary.
@@ -26,7 +29,13 @@ pub mod subjects;
 pub mod timestamp;
 
 #[cfg(feature = "service")]
+pub mod admin;
+#[cfg(feature = "service")]
+pub mod metrics;
+#[cfg(feature = "service")]
 pub mod service;
+#[cfg(feature = "service")]
+pub mod telemetry;
 
 /// Generated code of the `chat.v1` protobuf package.
 #[allow(unreachable_pub, clippy::all, missing_docs)]

@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tracing_subscriber::EnvFilter;
-
 /// The exit code for bad options (`EX_USAGE` of `sysexits.h`): a command line that does not
 /// parse, or a value its binary's `validate` refuses.
 pub const EX_USAGE: u8 = 64;
@@ -20,6 +18,27 @@ pub fn exit_for_parse_error(error: &clap::Error) -> ExitCode {
     }
 }
 
+/// Runs a binary's `work` with its logs and traces (see [`crate::telemetry::init`]) and returns
+/// its exit code; the traces are flushed at the end.
+pub async fn run_main(
+    service: &'static str,
+    instance: Option<&str>,
+    json: bool,
+    trace: &crate::telemetry::TraceOptions,
+    work: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let telemetry = match crate::telemetry::init(service, instance, json, trace) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = work.await;
+    telemetry.shutdown().await;
+    exit_code(result)
+}
+
 /// The exit code of a finished run; a failure is logged with its causes.
 pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
@@ -28,19 +47,6 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             tracing::error!("{error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as JSON lines when `json`.
-pub fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        logs.json().init();
-    } else {
-        logs.init();
     }
 }
 
@@ -56,19 +62,26 @@ pub async fn shutdown_signal() {
 }
 
 /// The NATS options every service starts from: its connection name, retries from the first
-/// attempt (NATS may start after it), a bounded connect, and every connection event logged.
+/// attempt (NATS may start after it), a bounded connect, and every connection event logged and
+/// counted in `metrics`.
 ///
 /// It also chooses the process's TLS crypto provider (rustls's default, aws-lc-rs), once: the
 /// workspace compiles in two (the CQL store's and NATS's), and with two rustls picks none by
 /// itself, so a `tls://` NATS URL would fail.
-pub fn nats_options(name: impl std::fmt::Display) -> async_nats::ConnectOptions {
+pub fn nats_options(
+    name: impl std::fmt::Display,
+    metrics: crate::metrics::NatsMetrics,
+) -> async_nats::ConnectOptions {
     // An error means a provider is installed already: that one stays.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move { tracing::info!(%event, "nats") })
+        .event_callback(move |event| {
+            metrics.observe(&event);
+            async move { tracing::info!(%event, "nats") }
+        })
 }
 
 /// Waits between retries that double after each failure, up to a cap.

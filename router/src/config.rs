@@ -23,6 +23,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "127.0.0.1:9070")]
+    pub admin_listen: SocketAddr,
+
     /// How long a gateway node keeps its sessions without a sign of life (it sends heartbeats
     /// three times as often). A crashed node's users go offline within it. After a router start,
     /// presence changes wait this long while the nodes re-register. 30ms to 10y.
@@ -48,11 +52,16 @@ pub struct Config {
     /// Write logs as JSON lines.
     #[arg(long, env = "CHAT_LOG_JSON")]
     pub log_json: bool,
+
+    /// Traces over OTLP.
+    #[command(flatten)]
+    pub trace: chat_proto::telemetry::TraceOptions,
 }
 
 impl Config {
     /// Checks every option; touches no socket, file or environment variable.
     pub fn validate(&self) -> Result<(), OptionError> {
+        self.trace.validate()?;
         options::nats_servers(&self.nats_url)?;
         options::positive_duration(
             "lease",

@@ -17,6 +17,7 @@
 //! connected.
 
 pub mod config;
+pub mod metrics;
 pub mod placement;
 pub mod service;
 
@@ -37,21 +38,21 @@ pub enum RouterError {
     /// The gRPC server failed.
     #[error("grpc: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The admin port could not be bound.
+    #[error("cannot listen on {0} (--admin-listen): {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
 }
 
-/// Runs the router on `listener` until `shutdown` resolves.
+/// Runs the router on `listener` (and its admin port on `--admin-listen`) until `shutdown`
+/// resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
-    let client = chat_proto::service::nats_options("chat-router")
-        .connect(
-            chat_proto::options::nats_servers(&config.nats_url)
-                .map_err(|e| RouterError::Nats(e.to_string()))?,
-        )
+    let admin = TcpListener::bind(config.admin_listen)
         .await
-        .map_err(|e| RouterError::Nats(e.to_string()))?;
+        .map_err(|error| RouterError::Admin(config.admin_listen, error))?;
     // The grace after the start is a lease: every live node re-registers within it.
     let router = Router::new(
         config.lease,
@@ -59,7 +60,20 @@ pub async fn run(
         config.max_sessions_per_user as usize,
         config.offline_delay,
     );
+    let client = chat_proto::service::nats_options("chat-router", router.nats_metrics())
+        .connect(
+            chat_proto::options::nats_servers(&config.nats_url)
+                .map_err(|e| RouterError::Nats(e.to_string()))?,
+        )
+        .await
+        .map_err(|e| RouterError::Nats(e.to_string()))?;
     let token = CancellationToken::new();
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        router.clone(),
+        client.clone(),
+        token.clone().cancelled_owned(),
+    ));
     let publisher = tokio::spawn(router.clone().publish_changes(
         client.clone(),
         config.presence_window,
@@ -78,7 +92,29 @@ pub async fn run(
         .await;
     token.cancel();
     let _ = publisher.await;
+    let _ = admin_task.await;
     chat_proto::service::final_flush(&client).await;
     served?;
     Ok(())
+}
+
+/// The admin port: `/healthz` (the process is up), `/readyz` (connected to NATS, where presence
+/// changes go) and `/metrics` (Prometheus).
+async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    client: async_nats::Client,
+    shutdown: impl Future<Output = ()>,
+) {
+    use chat_proto::admin::Reply;
+    let answer = move |path: &str| {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        match path {
+            "/healthz" => Reply::text("200 OK", "ok\n"),
+            "/readyz" => Reply::readiness((!connected).then_some("nats disconnected")),
+            "/metrics" => router.metrics(),
+            _ => Reply::not_found(),
+        }
+    };
+    chat_proto::admin::serve(listener, shutdown, answer).await;
 }

@@ -11,12 +11,12 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return chat_proto::service::exit_for_parse_error(&error),
     };
-    chat_proto::service::init_tracing(config.log_json);
     if let Err(error) = config.validate() {
         eprintln!("error: {error}");
         return ExitCode::from(chat_proto::service::EX_USAGE);
     }
-    chat_proto::service::exit_code(run(config).await)
+    let (json, trace) = (config.log_json, config.trace.clone());
+    chat_proto::service::run_main("chat-router", None, json, &trace, run(config)).await
 }
 
 async fn run(config: chat_router::Config) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Metrics;
 use crate::placement::Placement;
 
 /// Updates a node stream may have waiting to be sent to it.
@@ -35,6 +36,7 @@ struct Inner {
     grace_ends: Instant,
     max_sessions_per_user: usize,
     next_generation: AtomicU64,
+    metrics: Metrics,
 }
 
 impl Router {
@@ -53,8 +55,20 @@ impl Router {
                 grace_ends: Instant::now() + grace,
                 max_sessions_per_user,
                 next_generation: AtomicU64::new(1),
+                metrics: Metrics::new(),
             }),
         }
+    }
+
+    /// The router's metrics, with the placement's sizes now.
+    pub fn metrics(&self) -> chat_proto::admin::Reply {
+        let (nodes, users) = self.placement().stats();
+        self.inner.metrics.encode(&nodes, users)
+    }
+
+    /// The NATS connection's counts.
+    pub fn nats_metrics(&self) -> chat_proto::metrics::NatsMetrics {
+        self.inner.metrics.nats.clone()
     }
 
     fn placement(&self) -> std::sync::MutexGuard<'_, Placement> {
@@ -85,6 +99,7 @@ impl Router {
             let changes = {
                 let mut placement = self.placement();
                 for node in placement.expire(Instant::now().into_std()) {
+                    self.inner.metrics.lease_expiries.inc();
                     tracing::warn!(node_id = %node, "node lease lapsed; its sessions are dropped");
                 }
                 if in_grace {
@@ -114,6 +129,10 @@ impl Router {
                     .collect(),
             };
             tracing::debug!(changes = message.changes.len(), "presence changes");
+            self.inner
+                .metrics
+                .presence_changes
+                .inc_by(message.changes.len() as u64);
             if let Err(error) = client
                 .publish(subjects::PRESENCE, message.encode_to_vec().into())
                 .await
@@ -192,6 +211,9 @@ impl Router {
                         };
                         let admission =
                             placement.open(&node_id, session, &opened.replaces_session_id);
+                        if !admission.admitted {
+                            self.inner.metrics.admissions_refused.inc();
+                        }
                         Some(v1::Admission {
                             request_id: opened.request_id,
                             admitted: admission.admitted,

@@ -77,6 +77,8 @@ impl Router {
                 &self.addr.to_string(),
                 "--nats-url",
                 &self.nats_url,
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .args(["--lease", &format!("{}ms", LEASE.as_millis())])
             .args(["--presence-window", "100ms", "--offline-delay", "500ms"])

@@ -42,7 +42,7 @@ impl Hub {
     }
 
     async fn fill(&self, conversation_id: &str, room: &Room) {
-        self.inner.stats.num_fills.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.num_fills.inc();
         let loss_floor = self.inner.loss_floor.load(Ordering::Relaxed);
         let floor = room.seen.lock().expect("room lock poisoned").floor;
         let after = floor.max(loss_floor.saturating_sub(FILL_SLACK));
@@ -75,10 +75,7 @@ impl Hub {
             self.dispatch(room, event);
         }
         let filled = room.seen.lock().expect("room lock poisoned").num_inserted - before;
-        self.inner
-            .stats
-            .num_filled
-            .fetch_add(filled, Ordering::Relaxed);
+        self.inner.stats.num_filled.inc_by(filled);
         if filled > 0 {
             tracing::info!(conversation_id, filled, "filled events lost on the bus");
         }

@@ -100,6 +100,17 @@ impl Hub {
             .len()
     }
 
+    /// Frames queued in the local sockets' outboxes.
+    pub fn outbox_frames(&self) -> usize {
+        let registry = self.inner.registry.lock().expect("registry lock poisoned");
+        registry
+            .users
+            .values()
+            .flatten()
+            .map(SocketHandle::queued)
+            .sum()
+    }
+
     /// How many conversations have local members.
     pub fn num_rooms(&self) -> usize {
         self.inner

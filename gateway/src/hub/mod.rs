@@ -34,6 +34,8 @@ use chat_proto::subjects;
 use chat_proto::v1;
 use futures_util::StreamExt;
 use moka::sync::Cache;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -45,17 +47,31 @@ use crate::socket::PushStats;
 use crate::worker::WorkerClient;
 use index::Registry;
 
-/// Counters of the hub.
-#[derive(Debug, Default)]
+/// Counters of the hub (registered in [`crate::metrics::Metrics`]).
+#[derive(Debug)]
 pub struct Stats {
-    /// What full outboxes cost.
+    /// Pushes queued, and what full outboxes cost.
     pub pushes: PushStats,
     /// Events delivered by fills after a loss.
-    pub num_filled: AtomicU64,
+    pub num_filled: Counter,
     /// Rooms filled.
-    pub num_fills: AtomicU64,
+    pub num_fills: Counter,
     /// Events of conversations without local members, received through a shard and dropped.
-    pub num_foreign_events: AtomicU64,
+    pub num_foreign_events: Counter,
+    /// How long a live event took from its arrival to its last local member's outbox.
+    pub fanout_duration: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            pushes: PushStats::default(),
+            num_filled: Counter::default(),
+            num_fills: Counter::default(),
+            num_foreign_events: Counter::default(),
+            fanout_duration: Histogram::new(chat_proto::metrics::DURATION_BUCKETS),
+        }
+    }
 }
 
 /// Membership look-ups cached by (user, conversation).

@@ -3,7 +3,7 @@
 //! local member of the event's room.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use chat_proto::client::{self};
 use chat_proto::v1::{ConversationEvent, conversation_event::Kind};
@@ -79,6 +79,7 @@ impl Hub {
                 message = subscriber.next() => message,
             };
             let Some(message) = message else { break };
+            let arrived = Instant::now();
             let event = match bus::decode_event(&message.payload, None) {
                 Ok(event) => event,
                 Err(error) => {
@@ -91,12 +92,15 @@ impl Hub {
                 continue;
             }
             match self.room(&event.conversation_id) {
-                Some(room) => self.dispatch(&room, event),
+                Some(room) => {
+                    let span = fanout_span(&event.conversation_id, message.headers.as_ref());
+                    let _fanout = span.enter();
+                    self.dispatch(&room, event);
+                    let took = arrived.elapsed().as_secs_f64();
+                    self.inner.stats.fanout_duration.observe(took);
+                }
                 None => {
-                    self.inner
-                        .stats
-                        .num_foreign_events
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.inner.stats.num_foreign_events.inc();
                 }
             }
         }
@@ -144,5 +148,19 @@ impl Hub {
             skip_user,
             &self.inner.stats.pushes,
         );
+    }
+}
+
+/// The span of a live event's fan-out on this node, in the trace that its headers carry (none
+/// when traces are off or the event is not in a kept trace).
+fn fanout_span(conversation_id: &str, headers: Option<&async_nats::HeaderMap>) -> tracing::Span {
+    if !chat_proto::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("fanout", conversation_id);
+    if chat_proto::telemetry::follow(&span, headers) {
+        span
+    } else {
+        tracing::Span::none()
     }
 }

@@ -205,6 +205,17 @@ impl Session {
     }
 }
 
+/// The span that `make` makes when traces are on (its trace id noted for the logs inside it),
+/// else none: spans cost nothing then.
+pub(crate) fn traced(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !chat_proto::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    chat_proto::telemetry::record_trace_id(&span);
+    span
+}
+
 /// When `identity`'s token expires, with the clock leeway that verification allows.
 fn token_expiry(identity: &Identity, leeway: Duration) -> Instant {
     let expires_ms = identity.expires_at.saturating_mul(1000);

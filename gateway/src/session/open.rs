@@ -13,6 +13,7 @@ use futures_util::stream::FuturesOrdered;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tracing::Instrument as _;
 
 use super::upgrade::Upgrade;
 use super::{Frames, Session, token_expiry};
@@ -66,12 +67,28 @@ pub(super) async fn open(
     outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
 ) -> Option<Session> {
+    let connect =
+        super::traced(|| tracing::info_span!("connect", trace_id = tracing::field::Empty));
+    open_session(gateway, frames, upgrade, outbox, eviction)
+        .instrument(connect)
+        .await
+}
+
+/// [`open`], in its `connect` span.
+async fn open_session(
+    gateway: Gateway,
+    frames: &mut impl Frames,
+    upgrade: Upgrade,
+    outbox: Arc<Outbox>,
+    eviction: Arc<Eviction>,
+) -> Option<Session> {
     let shared = &gateway.shared;
     let resume_query = upgrade.resume;
     let address = upgrade.client;
     let authenticated = match authenticate(&gateway, upgrade, frames).await {
         Ok(authenticated) => authenticated,
         Err(refused) => {
+            shared.metrics.refuse_connection(refused.reason.label());
             if let Some(frame) = refused.frame {
                 let _ = outbox.try_push(Outbound::Text(frame.into()));
             }
@@ -130,6 +147,7 @@ pub(super) async fn open(
             format!("too many sessions: a user may have at most {limit} at once; close one first");
         let error = RequestError::forbidden(message);
         session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
+        shared.metrics.refuse_connection("session_limit");
         session.close(CloseReason::OverLimit);
         session.finish(FuturesOrdered::new()).await;
         return None;
@@ -140,11 +158,14 @@ pub(super) async fn open(
             // Without its rooms the socket would miss messages: the client reconnects (or, over
             // the room limit, is told so).
             session.emit(error.to_frame(request_id.as_deref(), Some("auth")));
-            session.close(CloseReason::of_failed_join(&error));
+            let reason = CloseReason::of_failed_join(&error);
+            shared.metrics.refuse_connection(reason.label());
+            session.close(reason);
             session.finish(FuturesOrdered::new()).await;
             return None;
         }
     };
+    shared.metrics.connects.inc();
     let replay = match resume {
         Resume::Replay { positions, .. } => {
             let (report, replay) = session.replay(&positions).await;

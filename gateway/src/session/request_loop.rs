@@ -73,7 +73,7 @@ impl Session {
                             client::ErrorCode::Unauthorized,
                             "token expired; send a fresh one with auth before the old one expires",
                         );
-                        self.emit(error.to_frame(None, None));
+                        self.refused(&error, None, None);
                         self.close(CloseReason::Unauthorized);
                         return;
                     }
@@ -105,7 +105,7 @@ impl Session {
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.emit(RequestError::protocol("binary frames are not supported; send JSON text").to_frame(None, None));
+                            self.refused(&RequestError::protocol("binary frames are not supported; send JSON text"), None, None);
                         }
                         Some(Ok(Message::Close(_))) | None => return,
                         Some(Ok(_)) => {} // Pings are answered by tungstenite; pongs are signs of life.

@@ -48,10 +48,12 @@ pub(super) fn check(
     if let Some(origin) = request.headers().get(http::header::ORIGIN) {
         let allowed = origin.to_str().is_ok_and(|o| settings.origins.allows(o));
         if !allowed {
+            shared.metrics.refuse_connection("origin");
             return Err(refuse(http::StatusCode::FORBIDDEN, "origin not allowed"));
         }
     }
     if full {
+        shared.metrics.refuse_connection("full");
         return Err(refuse(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "this node is full; try another",
@@ -68,6 +70,7 @@ pub(super) fn check(
     );
     let rate = settings.config.connect_rate_per_ip;
     if let Err(wait) = shared.connect_rates.take(upgrade.client, rate) {
+        shared.metrics.refuse_connection("connect_rate");
         let mut refused = refuse(
             http::StatusCode::TOO_MANY_REQUESTS,
             "too many connections from this address; retry later",

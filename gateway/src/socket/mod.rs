@@ -8,22 +8,25 @@ pub mod outbox;
 pub mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use chat_proto::client::Delivery;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::CloseReason;
 use outbox::{Outbound, Outbox, PushError};
 
-/// What full outboxes cost, counted over the node's sockets.
+/// Pushes queued, and what full outboxes cost, counted over the node's sockets.
 #[derive(Debug, Default)]
 pub struct PushStats {
+    /// Pushes queued.
+    pub deliveries: Counter,
     /// Ephemeral pushes dropped for full outboxes.
-    pub num_dropped_ephemeral: AtomicU64,
+    pub num_dropped_ephemeral: Counter,
     /// Sockets evicted because a message did not fit their outbox.
-    pub num_evicted_slow: AtomicU64,
+    pub num_evicted_slow: Counter,
 }
 
 /// A socket's id, unique within the node.
@@ -78,6 +81,11 @@ impl Eviction {
 }
 
 impl SocketHandle {
+    /// Frames queued, not yet written.
+    pub fn queued(&self) -> usize {
+        self.outbox.queued()
+    }
+
     /// A handle over a socket's outbox and eviction switch.
     pub fn new(
         id: SocketId,
@@ -144,13 +152,15 @@ impl SocketHandle {
             Delivery::Durable => self.outbox.try_push(item),
         };
         match pushed {
-            Ok(()) => {}
+            Ok(()) => {
+                stats.deliveries.inc();
+            }
             Err(PushError::Full) => match delivery {
                 Delivery::Ephemeral => {
-                    stats.num_dropped_ephemeral.fetch_add(1, Ordering::Relaxed);
+                    stats.num_dropped_ephemeral.inc();
                 }
                 Delivery::Durable => {
-                    stats.num_evicted_slow.fetch_add(1, Ordering::Relaxed);
+                    stats.num_evicted_slow.inc();
                     self.evict(CloseReason::TooSlow);
                 }
             },
@@ -173,7 +183,7 @@ mod tests {
         let frame = Utf8Bytes::from_static("{}");
         socket.push(&frame, Delivery::Durable, &stats);
         socket.push(&frame, Delivery::Ephemeral, &stats);
-        assert_eq!(stats.num_dropped_ephemeral.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.num_dropped_ephemeral.get(), 1);
         for _ in 1..outbox::OVERFLOW_FACTOR {
             socket.push(&frame, Delivery::Durable, &stats);
         }

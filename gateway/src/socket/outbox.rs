@@ -110,6 +110,11 @@ impl Outbox {
         }
     }
 
+    /// Items queued.
+    pub fn queued(&self) -> usize {
+        self.queue.lock().expect("outbox lock poisoned").items.len()
+    }
+
     /// Queues `item` without waiting; a backed-up queue takes it within its grace.
     pub fn try_push(&self, item: Outbound) -> Result<(), PushError> {
         self.push(item, true)

@@ -85,6 +85,8 @@ pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Runnin
         nats_url,
         "--db-path",
         db.to_str().expect("a UTF-8 path"),
+        "--admin-listen",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let config = chat_persistence_worker::Config::try_parse_from(args).expect("worker flags parse");

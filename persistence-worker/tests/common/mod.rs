@@ -1,4 +1,4 @@
-//! What the worker's tests share: a chat message event, the wait for the worker's stream, and
+//! What the worker's tests share: a chat message event, the wait for the worker's start, and
 //! reading the store through a running worker (as the gateways do).
 
 #![allow(dead_code, unreachable_pub)] // Each test file uses part of it.
@@ -29,13 +29,27 @@ pub fn message(content: String) -> ConversationEvent {
     }
 }
 
-/// Waits until the worker created the stream.
-pub async fn wait_for_stream(js: &async_nats::jetstream::Context) {
+/// Waits until the worker is up: it created the stream and answers requests (it subscribes to
+/// them last, after its streams and consumers).
+pub async fn wait_for_worker(client: &async_nats::Client) {
+    let js = async_nats::jetstream::new(client.clone());
+    let probe = HistoryRequest {
+        conversation_id: "probe".into(),
+        limit: 1,
+        ..Default::default()
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while js.get_stream(subjects::STREAM).await.is_err() {
+    loop {
+        let answered = client
+            .request(subjects::rpc::HISTORY, probe.encode_to_vec().into())
+            .await
+            .is_ok();
+        if answered && js.get_stream(subjects::STREAM).await.is_ok() {
+            return;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the worker did not create the stream"
+            "the worker did not start"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -91,7 +105,7 @@ impl WorkerProcess {
     /// Starts `chat-persistence-worker` on `nats_url` with `args`.
     pub fn start(nats_url: &str, args: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_chat-persistence-worker"))
-            .args(["--nats-url", nats_url])
+            .args(["--nats-url", nats_url, "--admin-listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,12 +5,15 @@
 //! acknowledged message is then announced live and acked to the sender.
 
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
 use chat_proto::bus::{self, BusError, Stored};
 use chat_proto::client::{self, DeleteData, EditData, MessageJson, SendData, SyncData};
 use chat_proto::timestamp::now_ms;
 use chat_proto::v1::{self, conversation_event::Kind};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::Reply;
 use crate::audit;
@@ -31,6 +34,10 @@ pub(in crate::session) struct SendOutcome {
     /// The message as sent (its id comes from the stream's acknowledgement).
     message: v1::ChatMessage,
     result: Result<Stored, BusError>,
+    /// How long the stream took to answer.
+    took: Duration,
+    /// The trace context the message travels with.
+    trace: Option<HeaderMap>,
 }
 
 impl Session {
@@ -57,20 +64,28 @@ impl Session {
         self.require_member(&message.conversation_id).await?;
         message.created_at_ms = now_ms();
         let dedup_id = publish::dedup_id(&message);
+        let span = publish::publish_span(&message.conversation_id);
+        let trace = chat_proto::telemetry::headers(&span);
+        let started = Instant::now();
         let ack = bus::start_durable(
             &shared.js,
             &publish::created(message.clone()),
             dedup_id.as_deref(),
+            trace.as_ref(),
         )
         .await?;
         let request_id = request_id.map(str::to_owned);
-        Ok(Reply::Later(Box::pin(async move {
+        let acked = async move {
+            let result = bus::finish_durable(ack).await;
             Box::new(SendOutcome {
                 request_id,
                 message,
-                result: bus::finish_durable(ack).await,
+                result,
+                took: started.elapsed(),
+                trace,
             })
-        })))
+        };
+        Ok(Reply::Later(Box::pin(acked.instrument(span))))
     }
 
     /// Answers a send the stream has acknowledged (or not), and announces it live.
@@ -79,6 +94,8 @@ impl Session {
             request_id,
             message,
             result,
+            took,
+            trace,
         } = *outcome;
         let shared = &self.gateway.shared;
         let stored = match result {
@@ -86,11 +103,12 @@ impl Session {
             Err(error) => {
                 tracing::warn!(%error, "send not acknowledged by the stream");
                 let error = RequestError::unavailable();
-                self.emit(error.to_frame(request_id.as_deref(), Some("message:send")));
+                self.refused(&error, request_id.as_deref(), Some("message:send"));
                 return;
             }
         };
-        let message = publish::announce_created(shared, message, stored).await;
+        shared.metrics.message_stored(took);
+        let message = publish::announce_created(shared, message, stored, trace.as_ref()).await;
         let record = audit::message_event("message.create", &self.identity.user_id, &message);
         self.record(record).await;
         if let Some(id) = request_id {

@@ -15,6 +15,7 @@ mod typing;
 use std::sync::Arc;
 
 use chat_proto::client;
+use tracing::Instrument as _;
 
 use super::Session;
 use crate::error::RequestError;
@@ -50,6 +51,7 @@ impl Session {
             self.resume_wait = None;
             self.release(None);
         }
+        self.gateway.shared.metrics.requests.inc();
         let request = match decoded {
             Ok(request) => request,
             Err(refusal) => {
@@ -59,7 +61,20 @@ impl Session {
         };
         let request_id = request.request_id;
         let event = request.body.name();
-        match self.dispatch(request.body, request_id.as_deref()).await {
+        let dispatched = if chat_proto::telemetry::enabled() {
+            let span = super::traced(|| {
+                tracing::info_span!("request", event, trace_id = tracing::field::Empty)
+            });
+            // Boxed: the socket's idle task keeps the size it has without traces.
+            Box::pin(
+                self.dispatch(request.body, request_id.as_deref())
+                    .instrument(span),
+            )
+            .await
+        } else {
+            self.dispatch(request.body, request_id.as_deref()).await
+        };
+        match dispatched {
             Ok(Reply::Ack(data)) => {
                 if let Some(id) = request_id {
                     self.emit(client::ack(&id, data));
@@ -75,10 +90,21 @@ impl Session {
             }
             Ok(Reply::Later(send)) => Some(send),
             Err(error) => {
-                self.emit(error.to_frame(request_id.as_deref(), Some(event)));
+                self.refused(&error, request_id.as_deref(), Some(event));
                 None
             }
         }
+    }
+
+    /// Answers a request with its refusal, and counts it.
+    pub(super) fn refused(
+        &self,
+        error: &RequestError,
+        request_id: Option<&str>,
+        event: Option<&str>,
+    ) {
+        self.gateway.shared.metrics.refuse_request(error.code);
+        self.emit(error.to_frame(request_id, event));
     }
 
     /// Answers a frame refused before it became a request. A message request counts against the
@@ -88,10 +114,14 @@ impl Session {
         if event.is_some_and(request::is_message)
             && let Err(error) = self.take_message_token()
         {
-            self.emit(error.to_frame(refusal.request_id.as_deref(), event));
+            self.refused(&error, refusal.request_id.as_deref(), event);
             return;
         }
-        self.emit(refusal.to_frame());
+        self.refused(
+            &refusal.error,
+            refusal.request_id.as_deref(),
+            refusal.event.as_deref(),
+        );
     }
 
     async fn dispatch(

@@ -47,7 +47,7 @@ impl Session {
             read,
         };
         let event = ConversationEvent::new(data.conversation_id, Kind::Receipt(receipt));
-        bus::publish_live(&self.gateway.shared.client, &event).await?;
+        bus::publish_live(&self.gateway.shared.client, &event, None).await?;
         Ok(Reply::Ack(json!({})))
     }
 }

@@ -66,7 +66,7 @@ impl Session {
             is_typing,
         };
         let event = ConversationEvent::new(conversation_id.to_owned(), Kind::Typing(typing));
-        if let Err(error) = bus::publish_live(&self.gateway.shared.client, &event).await {
+        if let Err(error) = bus::publish_live(&self.gateway.shared.client, &event, None).await {
             tracing::debug!(%error, "typing not published");
         }
     }

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# One message, one trace, across processes: a real OTLP receiver (Jaeger v2, built from the Go
+# module proxy by deploy/observability/jaeger.sh) takes the traces of a local cluster whose
+# gateways, worker and router run with --otlp-endpoint and --trace-sample-ratio 1. The load
+# harness sends messages in rooms whose members are on both gateways; then a trace of a message
+# must hold its `publish` span from the sending gateway, the worker's `store` span and a
+# `fanout` span from each gateway, every span in one trace. Free ports and a directory of its
+# own; PROFILE as for local-cluster.sh (dev here).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source deploy/observability/cluster.bash
+jaeger=$(deploy/observability/jaeger.sh)
+dir=$(mktemp -d)
+cluster=
+receiver=
+fail() {
+  echo "tracing: FAILED: $*" >&2
+  for log in "$dir/cluster.out" "$dir/jaeger.log" "$dir/loadtest.log"; do
+    echo "--- $log:" >&2
+    tail -n 30 "$log" >&2 || true
+  done
+  exit 1
+}
+cleanup() {
+  stop_cluster
+  [ -n "$receiver" ] && kill "$receiver" 2>/dev/null
+  [ -n "${KEEP:-}" ] || rm -rf "$dir"
+}
+trap cleanup EXIT
+
+otlp_port=$(free_port) query_port=$(free_port) query_grpc_port=$(free_port)
+cat >"$dir/jaeger.yaml" <<CFG
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:$query_port
+    grpc:
+      endpoint: 127.0.0.1:$query_grpc_port
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:$otlp_port
+processors:
+  batch:
+    timeout: 200ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+CFG
+"$jaeger" --config "$dir/jaeger.yaml" >"$dir/jaeger.log" 2>&1 &
+receiver=$!
+
+export CHAT_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" CHAT_TRACE_SAMPLE_RATIO=1
+start_cluster "$dir" || fail "the cluster did not start"
+read -r -a gateway <<<"$GATEWAY_PORTS"
+
+# Rooms of 4 members over both gateways (the harness spreads sockets over the URLs).
+CHAT_JWT_SECRET=$(cat "$CLUSTER_DIR/dev-secret") "$bin/chat-loadtest" fanout \
+  --urls "ws://127.0.0.1:${gateway[0]}/ws,ws://127.0.0.1:${gateway[1]}/ws" --rooms 4 --members 4 \
+  --rate 20 --duration 3s --drain 2s --source-ips 1 --out "$dir/report" >"$dir/loadtest.log" 2>&1 ||
+  fail "the load harness failed"
+
+python3 - "$query_port" <<'PY' || fail "no trace of a message across the gateways and the worker"
+import json, sys, time, urllib.parse, urllib.request
+
+port = sys.argv[1]
+
+def get(path, **query):
+    url = f"http://127.0.0.1:{port}{path}?" + urllib.parse.urlencode(query)
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)["data"]
+
+def where(trace):
+    """(operation, service, node) of each span of a trace."""
+    out = []
+    for span in trace["spans"]:
+        process = trace["processes"][span["processID"]]
+        tags = {t["key"]: t["value"] for t in process.get("tags", [])}
+        out.append((span["operationName"], process["serviceName"], tags.get("service.instance.id", "")))
+    return out
+
+deadline = time.time() + 30
+best = []
+while time.time() < deadline:
+    traces = get("/api/traces", service="chat-gateway", operation="publish", limit=200, lookback="1h")
+    for trace in traces:
+        spans = where(trace)
+        publish = [s for s in spans if s[0] == "publish"]
+        store = [s for s in spans if s[0] == "store" and s[1] == "chat-persistence-worker"]
+        fanout_nodes = {s[2] for s in spans if s[0] == "fanout" and s[1] == "chat-gateway"}
+        if publish and store and {"gateway-1", "gateway-2"} <= fanout_nodes:
+            print(f"trace {trace['traceID']}: {len(spans)} spans, one trace:")
+            for operation, service, node in sorted(spans, key=lambda s: (s[1], s[2], s[0])):
+                print(f"  {service:24} {node:10} {operation}")
+            sys.exit(0)
+        best = max(best, spans, key=len)
+    time.sleep(1)
+raise SystemExit(f"no trace with publish, store and a fanout on both gateways; the fullest: {best}")
+PY
+echo "tracing: a message is one trace, with spans from the sending gateway, the worker and both gateways' fan-out"
