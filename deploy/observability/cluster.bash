@@ -20,6 +20,7 @@ start_cluster() {
   deploy/local-cluster.sh --fresh >"$dir/cluster.out" 2>&1 &
   cluster=$!
   set +m
+  disown "$cluster" # its end is ours to report, not the shell's
   for _ in $(seq 600); do
     grep -q "Chat backend running" "$dir/cluster.out" && return 0
     sleep 0.1

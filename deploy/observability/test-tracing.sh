@@ -40,6 +40,8 @@ service:
   telemetry:
     metrics:
       level: none
+    traces:
+      level: none
 extensions:
   jaeger_storage:
     backends:
@@ -116,3 +118,35 @@ while time.time() < deadline:
 raise SystemExit(f"no trace with publish, store and a fanout on both gateways; the fullest: {best}")
 PY
 echo "tracing: a message is one trace, with spans from the sending gateway, the worker and both gateways' fan-out"
+
+# The collector gone: the chat goes on (every message delivered once, acks in time), and the
+# spans that cannot be sent are counted as dropped.
+kill "$receiver"
+receiver=
+CHAT_JWT_SECRET=$(cat "$CLUSTER_DIR/dev-secret") "$bin/chat-loadtest" fanout \
+  --urls "ws://127.0.0.1:${gateway[0]}/ws,ws://127.0.0.1:${gateway[1]}/ws" --rooms 4 --members 4 \
+  --rate 100 --duration 5s --drain 2s --source-ips 1 --out "$dir/report-down" \
+  >"$dir/loadtest.log" 2>&1 || fail "the load harness failed with the collector down"
+read -r -a admin <<<"$ADMIN_PORTS"
+python3 - "$dir/report-down/report.json" "${admin[0]}" <<'PY' || fail "the chat suffered from the collector being down"
+import json, sys, time, urllib.request
+
+report, admin = sys.argv[1:]
+phase = json.load(open(report))["phases"][0]
+print(f"collector down: {phase['sent']} sent, {phase['delivered']} delivered, lost {phase['lost']}, "
+      f"duplicated {phase['duplicated']}, errors {phase['errors']}, "
+      f"ack p99 {phase['ack_latency']['p99']:.1f} ms, delivery p99 {phase['latency']['p99']:.1f} ms")
+assert phase["sent"] > 0 and phase["lost"] == 0 and phase["duplicated"] == 0 and phase["errors"] == 0, phase
+assert phase["ack_latency"]["p99"] < 250, phase["ack_latency"]
+deadline = time.time() + 15
+while True:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("chat_gateway_trace_")}
+    if counts["chat_gateway_trace_spans_dropped_total"] > 0:
+        print(f"spans dropped and counted: {counts}")
+        break
+    assert time.time() < deadline, counts
+    time.sleep(1)
+PY
+echo "tracing: with the collector down, nothing is lost and the spans not sent are counted"

@@ -169,12 +169,15 @@ pub fn init(
             exporter: None,
         });
     };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(EXPORT_TIMEOUT)
         .build()
         .map_err(|e| TelemetryError(e.to_string()))?;
+    // The exporter sends the resource with its spans (the provider tells only its processors).
+    let resource = resource(service, instance);
+    exporter.set_resource(&resource);
     let (queue, spans) = mpsc::channel(QUEUE);
     let exporting = tokio::spawn(export(exporter, spans, span_counts()));
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -186,7 +189,7 @@ pub fn init(
             spans: queue,
             counts: span_counts(),
         })
-        .with_resource(resource(service, instance))
+        .with_resource(resource)
         .build();
     let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     registry.with(traces).init();
