@@ -17,6 +17,19 @@ HEADER = "# Made by deploy/render-k8s.sh from the Helm chart (deploy/helm/chat):
 NAMESPACE = "chat"
 
 
+class Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (an embedded file: the NATS configuration, the dashboard) as
+    literal blocks, as the chart does, instead of escaped one-line strings."""
+
+
+def literal_blocks(dumper, value):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+Dumper.add_representer(str, literal_blocks)
+
+
 def load(path):
     with open(path) as file:
         return [document for document in yaml.safe_load_all(file) if document]
@@ -55,7 +68,7 @@ def write(folder, documents, resources, intro):
     for name, group in sorted(files.items()):
         with open(os.path.join(folder, name), "w") as file:
             file.write(HEADER)
-            yaml.safe_dump_all(group, file, sort_keys=False, explicit_start=True)
+            yaml.dump_all(group, file, Dumper=Dumper, sort_keys=False, explicit_start=True)
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",

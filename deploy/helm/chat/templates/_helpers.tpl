@@ -63,6 +63,11 @@ nats://{{ .Release.Name }}-nats:4222
   value: {{ include "chat.natsUrl" . | quote }}
 - name: CHAT_LOG_JSON
   value: {{ .Values.logJson | quote }}
+{{- with include "chat.configEnv" (dict
+      "otlpEndpoint" .Values.tracing.otlpEndpoint
+      "traceSampleRatio" .Values.tracing.sampleRatio) }}
+{{ . }}
+{{- end }}
 {{- end -}}
 
 {{/* Pod-level settings shared by the components: `.values` is the component's values. */}}
