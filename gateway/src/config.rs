@@ -252,6 +252,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
+    /// The server API's admin keys, in the same form: they may do all the others may, and read
+    /// the admin views (`/api/v1/admin/…`: nodes, conversation statistics, health). Needs
+    /// `--api-keys-file`.
+    #[arg(long, env = "CHAT_API_ADMIN_KEYS_FILE")]
+    pub api_admin_keys_file: Option<PathBuf>,
+
     /// A JSON file of roles and their permissions, `{"role": ["createConversations", ...]}`:
     /// it replaces the defaults of the roles it names and adds others (see docs/security.md,
     /// "Roles"). Permissions: createConversations, manageParticipants, sendAttachments,
@@ -376,6 +382,14 @@ impl Config {
                 relation: "given together with",
                 other: "api-keys-file",
                 why: "the server API takes requests only with a key",
+            });
+        }
+        if self.api_admin_keys_file.is_some() && self.api_keys_file.is_none() {
+            return Err(OptionError::Conflict {
+                option: "api-admin-keys-file",
+                relation: "needs",
+                other: "api-keys-file",
+                why: "admin keys are for the server API, which is off without keys",
             });
         }
         self.check_durations()?;
@@ -580,7 +594,13 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let api_keys = match &self.api_keys_file {
-            Some(path) => Some(crate::api::ApiKeys::load(path)?),
+            Some(path) => {
+                let mut keys = crate::api::ApiKeys::load(path, false)?;
+                if let Some(admin) = &self.api_admin_keys_file {
+                    keys.extend(crate::api::ApiKeys::load(admin, true)?);
+                }
+                Some(keys)
+            }
             None => None,
         };
         let permissions = match &self.permissions_file {

@@ -181,6 +181,11 @@ impl WorkerClient {
         self.call(rpc::AUDIT, &query).await
     }
 
+    /// Whether a worker answers, reaches its store, and its lag.
+    pub async fn health(&self) -> Result<v1::HealthReply, CallError> {
+        self.call(rpc::HEALTH, &v1::HealthRequest {}).await
+    }
+
     /// Bans a user from a conversation (removing them if they are a member).
     pub async fn ban(&self, request: v1::BanRequest) -> Result<(), CallError> {
         let _: v1::BanReply = self.call(rpc::BAN, &request).await?;

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, Cluster, ClusterClients, api_flags, create_room, http};
+use common::{ADMIN_KEY, API_KEY, Cluster, ClusterClients, api_flags, create_room, http};
 use serde_json::{Value, json};
 
 /// Long enough for an event that should not come.
@@ -462,4 +462,89 @@ fn every_route_served_is_documented_and_in_the_docs() {
             "docs/server-api.md lacks `{method} {path}`"
         );
     }
+}
+
+/// The admin views, for admin keys only: a conversation's statistics, and health with reasons
+/// (this cluster has no router: presence is degraded, and the nodes view has nothing to ask).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_keys_read_conversation_statistics_and_health_with_reasons() {
+    let mut cluster = cluster().await;
+    let admin = api(&cluster, 1);
+    let mut alice = cluster.client(0, "alice").await;
+    let room = create_room(&mut alice, &["bob", "carol"]).await;
+    for i in 0..3 {
+        alice
+            .ok(
+                "message:send",
+                json!({"conversationId": room, "content": format!("m{i}")}),
+            )
+            .await;
+    }
+    let stats_path = format!("/api/v1/admin/conversations/{room}/stats");
+    let (status, answer) = http(admin, "GET", &stats_path, Some(API_KEY), None).await;
+    assert_eq!(
+        (status, &answer["code"]),
+        (403, &json!("FORBIDDEN")),
+        "{answer}"
+    );
+    let (status, stats) = http(admin, "GET", &stats_path, Some(ADMIN_KEY), None).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        (
+            &stats["members"],
+            &stats["messagesLastMinute"],
+            &stats["membersOnline"]
+        ),
+        (&json!(3), &json!(3), &Value::Null),
+        "{stats}"
+    );
+    assert_eq!(stats["messagesLastMinuteAtLeast"], false);
+    // Admin keys do what other keys do.
+    call_as(
+        admin,
+        ADMIN_KEY,
+        "GET",
+        &format!("/api/v1/conversations/{room}"),
+        200,
+    )
+    .await;
+
+    let (status, health) = http(admin, "GET", "/api/v1/admin/health", Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        (status, &health["status"]),
+        (200, &json!("degraded")),
+        "{health}"
+    );
+    let checks = &health["checks"];
+    for ok in ["nats", "worker", "store", "lag"] {
+        assert_eq!(checks[ok]["status"], "ok", "{ok}: {health}");
+    }
+    assert_eq!(checks["lag"]["events"], 0, "{health}");
+    let reason = checks["router"]["reason"].as_str().unwrap();
+    assert!(reason.contains("no router"), "{health}");
+    let (status, nodes) = http(admin, "GET", "/api/v1/admin/nodes", Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        (status, &nodes["code"]),
+        (503, &json!("UNAVAILABLE")),
+        "{nodes}"
+    );
+
+    // The worker gone: down, and why.
+    cluster.stop_worker().await;
+    let (status, health) = http(admin, "GET", "/api/v1/admin/health", Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        (status, &health["status"]),
+        (503, &json!("down")),
+        "{health}"
+    );
+    let reason = health["checks"]["worker"]["reason"].as_str().unwrap();
+    assert!(reason.contains("no worker answers"), "{health}");
+    assert_eq!(health["checks"]["store"]["status"], "unknown");
+}
+
+/// A request with `key`, which must succeed with `status`; its answer.
+async fn call_as(api: SocketAddr, key: &str, method: &str, path: &str, status: u16) -> Value {
+    let (got, answer) = http(api, method, path, Some(key), None).await;
+    assert_eq!(got, status, "{method} {path}: {answer}");
+    answer
 }

@@ -182,11 +182,8 @@ async fn serve<S: Store + Clone>(
         metrics.clone(),
         token.child_token(),
     ));
-    let serving = tokio::spawn(rpc::Handlers::new(client.clone(), routers, store).serve(
-        config.max_concurrent_requests,
-        metrics.clone(),
-        token.child_token(),
-    ));
+    let handlers = rpc::Handlers::new(client.clone(), routers, store, metrics.clone());
+    let serving = tokio::spawn(handlers.serve(config.max_concurrent_requests, token.child_token()));
     tracing::info!("worker ready");
 
     let consumed = tokio::select! {

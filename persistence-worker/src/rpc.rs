@@ -64,6 +64,9 @@ fn to_rpc_error(failure: &Failure) -> v1::RpcError {
     }
 }
 
+/// How long a health request waits for the store.
+const STORE_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Answers requests with a store.
 pub struct Handlers<S> {
     client: async_nats::Client,
@@ -72,12 +75,19 @@ pub struct Handlers<S> {
     js: jetstream::Context,
     store: S,
     max_reply_bytes: usize,
+    metrics: Metrics,
 }
 
 impl<S: Store> Handlers<S> {
     /// Handlers that answer from `store` and publish membership changes through `client`, to
-    /// the nodes `routers` place the user on when there are routers.
-    pub fn new(client: async_nats::Client, routers: Option<Routers>, store: S) -> Self {
+    /// the nodes `routers` place the user on when there are routers; `metrics` counts them and
+    /// tells the lag.
+    pub fn new(
+        client: async_nats::Client,
+        routers: Option<Routers>,
+        store: S,
+        metrics: Metrics,
+    ) -> Self {
         let max_payload = client.server_info().max_payload;
         Self {
             js: jetstream::new(client.clone()),
@@ -85,15 +95,15 @@ impl<S: Store> Handlers<S> {
             routers,
             store,
             max_reply_bytes: max_payload.saturating_sub(REPLY_MARGIN).max(REPLY_MARGIN),
+            metrics,
         }
     }
 
-    /// Serves until `shutdown`, at most `max_concurrent` requests at once (counted in
-    /// `metrics`); waits for the ones under way before it returns.
+    /// Serves until `shutdown`, at most `max_concurrent` requests at once (counted in its
+    /// metrics); waits for the ones under way before it returns.
     pub async fn serve(
         self,
         max_concurrent: usize,
-        metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::Error> {
         let this = Arc::new(self);
@@ -112,7 +122,7 @@ impl<S: Store> Handlers<S> {
             let Some(reply_to) = request.reply.clone() else {
                 continue;
             };
-            metrics.request();
+            this.metrics.request();
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
@@ -152,6 +162,20 @@ impl<S: Store> Handlers<S> {
     async fn dispatch(&self, subject: &str, payload: &[u8]) -> Result<Bytes, Failure> {
         use subjects::rpc;
         let reply = match subject {
+            rpc::HEALTH => {
+                let store = tokio::time::timeout(STORE_PROBE, self.store.committed_seq()).await;
+                let store_error = match store {
+                    Ok(Ok(_)) => String::new(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no answer within {STORE_PROBE:?}"),
+                };
+                v1::HealthReply {
+                    store_ok: store_error.is_empty(),
+                    store_error,
+                    lag_events: self.metrics.lag(),
+                }
+                .encode_to_vec()
+            }
             rpc::MEMBERSHIP => {
                 let r = v1::MembershipRequest::decode(payload)?;
                 let membership = self

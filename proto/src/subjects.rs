@@ -55,6 +55,8 @@ pub mod rpc {
     pub const UNBAN: &str = "chat.rpc.conversation.unban";
     /// `AuditQuery` → `AuditPage`.
     pub const AUDIT: &str = "chat.rpc.audit";
+    /// `HealthRequest` → `HealthReply`.
+    pub const HEALTH: &str = "chat.rpc.health";
     /// Every subject above, for the worker to subscribe to.
     pub const ALL: &[&str] = &[
         MEMBERSHIP,
@@ -69,6 +71,7 @@ pub mod rpc {
         BAN,
         UNBAN,
         AUDIT,
+        HEALTH,
     ];
     /// Header set on a reply that carries an `RpcError` instead of the expected reply.
     pub const ERROR_HEADER: &str = "Chat-Error";

@@ -669,3 +669,60 @@ async fn the_server_api_answers_presence_from_the_routers() {
     .await;
     assert_eq!((status, &answer["code"]), (404, &json!("NOT_FOUND")));
 }
+
+#[tokio::test]
+async fn the_admin_view_lists_every_node_with_its_connections() {
+    let setup = Setup::start_with(2, 5, 1, &testing::api_flags()).await;
+    let api = setup.gateways[0].api.expect("the server API listens");
+    let _alice = setup.client(0, "alice").await;
+    let _bob = setup.client(1, "bob").await;
+    let _carol = setup.client(1, "carol").await;
+    let (status, answer) = http(
+        api,
+        "GET",
+        "/api/v1/admin/nodes",
+        Some(testing::API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, answer) = http(
+            api,
+            "GET",
+            "/api/v1/admin/nodes",
+            Some(testing::ADMIN_KEY),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let mut nodes: Vec<(String, u64)> = answer["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["nodeId"].as_str().unwrap().to_owned(),
+                    n["connections"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        nodes.sort();
+        let expected = vec![("gw-0".to_owned(), 1), ("gw-1".to_owned(), 2)];
+        if nodes == expected && answer["connections"] == 3 && answer["usersOnline"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, health) = http(
+        api,
+        "GET",
+        "/api/v1/admin/health",
+        Some(testing::ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!((status, &health["status"]), (200, &json!("ok")), "{health}");
+}

@@ -1,5 +1,5 @@
-//! The server API's keys: read from `--api-keys-file`, one a line, `[NAME:]KEY`; blank lines
-//! and `#` comments are skipped. A presented key is compared with every key in constant time
+//! The server API's keys: read from `--api-keys-file` (and the admin keys from
+//! `--api-admin-keys-file`), one a line, `[NAME:]KEY`; blank lines and `#` comments are skipped. A presented key is compared with every key in constant time
 //! (SHA-256 digests, `subtle`), so neither a match nor its position shows in the timing.
 
 use std::path::Path;
@@ -37,11 +37,21 @@ pub enum KeysError {
     },
 }
 
-/// A key's digest and the name it is logged by.
+/// A key's digest, the name it is logged by, and whether it is an admin key.
 #[derive(Debug, Clone)]
 struct Key {
     name: String,
     digest: [u8; 32],
+    admin: bool,
+}
+
+/// A key that was presented and found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Whether it may read the admin views.
+    pub admin: bool,
 }
 
 /// The keys the server API accepts.
@@ -51,17 +61,22 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    /// Reads the keys file.
-    pub fn load(path: &Path) -> Result<Self, KeysError> {
+    /// Reads a keys file: admin keys when `admin`.
+    pub fn load(path: &Path, admin: bool) -> Result<Self, KeysError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&text, &shown)
+        Self::parse(&text, &shown, admin)
     }
 
-    fn parse(text: &str, path: &str) -> Result<Self, KeysError> {
+    /// Adds `other`'s keys.
+    pub fn extend(&mut self, other: Self) {
+        self.keys.extend(other.keys);
+    }
+
+    fn parse(text: &str, path: &str, admin: bool) -> Result<Self, KeysError> {
         let mut keys = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -81,6 +96,7 @@ impl ApiKeys {
             keys.push(Key {
                 name,
                 digest: digest(key),
+                admin,
             });
         }
         if keys.is_empty() {
@@ -91,14 +107,17 @@ impl ApiKeys {
         Ok(Self { keys })
     }
 
-    /// The name of the key `presented` is, if it is one.
-    pub fn check(&self, presented: &str) -> Option<&str> {
+    /// The key `presented` is, if it is one.
+    pub fn check(&self, presented: &str) -> Option<Holder<'_>> {
         let presented = digest(presented);
         let mut found = None;
         // Every key is compared, whatever matched before.
         for key in &self.keys {
             if bool::from(key.digest.ct_eq(&presented)) {
-                found = Some(key.name.as_str());
+                found = Some(Holder {
+                    name: &key.name,
+                    admin: key.admin,
+                });
             }
         }
         found
@@ -118,21 +137,30 @@ mod tests {
     #[test]
     fn keys_are_named_and_checked() {
         let text = format!("# the backend\nbackend:{KEY}\n\n{KEY}-second\n");
-        let keys = ApiKeys::parse(&text, "keys").unwrap();
-        assert_eq!(keys.check(KEY), Some("backend"));
-        assert_eq!(keys.check(&format!("{KEY}-second")), Some("key 2"));
-        assert_eq!(keys.check("0123456789abcdef0123456789abcdeX"), None);
-        assert_eq!(keys.check(""), None);
+        let mut keys = ApiKeys::parse(&text, "keys", false).unwrap();
+        keys.extend(ApiKeys::parse(&format!("ops:{KEY}-admin"), "admin", true).unwrap());
+        let name = |presented: &str| keys.check(presented).map(|h| (h.name.to_owned(), h.admin));
+        assert_eq!(name(KEY), Some(("backend".to_owned(), false)));
+        assert_eq!(
+            name(&format!("{KEY}-second")),
+            Some(("key 2".to_owned(), false))
+        );
+        assert_eq!(
+            name(&format!("{KEY}-admin")),
+            Some(("ops".to_owned(), true))
+        );
+        assert_eq!(name("0123456789abcdef0123456789abcdeX"), None);
+        assert_eq!(name(""), None);
     }
 
     #[test]
     fn short_keys_and_empty_files_are_refused() {
         assert!(matches!(
-            ApiKeys::parse("ok:short\n", "keys"),
+            ApiKeys::parse("ok:short\n", "keys", false),
             Err(KeysError::TooShort { line: 1, .. })
         ));
         assert!(matches!(
-            ApiKeys::parse("# nothing\n", "keys"),
+            ApiKeys::parse("# nothing\n", "keys", false),
             Err(KeysError::Empty { .. })
         ));
     }

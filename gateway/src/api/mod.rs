@@ -2,10 +2,12 @@
 //! It creates conversations, adds and removes participants, posts and deletes messages,
 //! disconnects users, reads presence and the audit log, with the same effects on live sockets as
 //! the clients' own requests, on every node; what it changes goes to the audit log, by its key.
+//! Admin keys also read the [`admin`] views: the nodes, a conversation's statistics, health.
 //! Every route but the OpenAPI document needs an API key ([`keys`]); errors are
 //! `{code, message}` with the protocol's codes and their HTTP status.
 //! The routes are documented in `openapi.json`, served at `/api/v1/openapi.json`.
 
+mod admin;
 mod conversations;
 mod keys;
 mod messages;
@@ -31,6 +33,9 @@ use crate::error::RequestError;
 
 /// The OpenAPI document of the routes below.
 pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Where the admin views are, under `/api/v1`: only admin keys may read them.
+const ADMIN_VIEWS: &str = "/admin/";
 
 /// The largest request body: a message with its attachments and metadata fits many times.
 const BODY_LIMIT: usize = 256 * 1024;
@@ -96,6 +101,12 @@ fn routes(api: Api) -> Router {
         .route("/api/v1/users/{userId}/disconnect", post(users::disconnect))
         .route("/api/v1/presence", get(users::presence))
         .route("/api/v1/audit", get(users::audit))
+        .route("/api/v1/admin/nodes", get(admin::nodes))
+        .route(
+            "/api/v1/admin/conversations/{id}/stats",
+            get(admin::conversation_stats),
+        )
+        .route("/api/v1/admin/health", get(admin::health))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
         .route(
             "/api/v1/openapi.json",
@@ -122,7 +133,7 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    let Some(key) = presented.and_then(|key| api.keys.check(key.trim())) else {
+    let Some(holder) = presented.and_then(|key| api.keys.check(key.trim())) else {
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
@@ -135,7 +146,21 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
         );
         return response;
     };
+    let key = holder.name;
     tracing::debug!(key, method = %request.method(), path = %request.uri().path(), "server API");
+    let admin_view = request
+        .uri()
+        .path()
+        .strip_prefix("/api/v1")
+        .is_some_and(|rest| rest.starts_with(ADMIN_VIEWS));
+    if admin_view && !holder.admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "the admin views need an admin key (--api-admin-keys-file)",
+        )
+        .into_response();
+    }
     let actor = Actor(format!("api:{key}"));
     let mut request = request;
     request.extensions_mut().insert(actor);

@@ -234,18 +234,33 @@ impl Cluster {
 
 /// The key of the test gateways' server API.
 pub const API_KEY: &str = "test-api-key-0123456789abcdef0123456789";
+/// The admin key of the test gateways' server API.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef012345678";
 
-/// The flags that turn the server API on, on a free port, with the key [`API_KEY`] (its file
-/// is written once per test process).
-pub fn api_flags() -> [&'static str; 4] {
-    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let file = FILE.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("chat-test-api-keys-{}", std::process::id()));
-        std::fs::write(&path, format!("# test\nbackend:{API_KEY}\n"))
-            .expect("the keys file is written");
-        path.to_str().expect("a UTF-8 path").to_owned()
+/// The flags that turn the server API on, on a free port, with the key [`API_KEY`] and the admin
+/// key [`ADMIN_KEY`] (their files are written once per test process).
+pub fn api_flags() -> [&'static str; 6] {
+    static FILES: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (keys, admin) = FILES.get_or_init(|| {
+        let write = |what: &str, line: String| {
+            let name = format!("chat-test-{what}-{}", std::process::id());
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, line).expect("a keys file is written");
+            path.to_str().expect("a UTF-8 path").to_owned()
+        };
+        (
+            write("api-keys", format!("# test\nbackend:{API_KEY}\n")),
+            write("api-admin-keys", format!("ops:{ADMIN_KEY}\n")),
+        )
     });
-    ["--api-listen", "127.0.0.1:0", "--api-keys-file", file]
+    [
+        "--api-listen",
+        "127.0.0.1:0",
+        "--api-keys-file",
+        keys,
+        "--api-admin-keys-file",
+        admin,
+    ]
 }
 
 /// A test user's token.
