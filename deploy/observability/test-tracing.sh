@@ -71,6 +71,8 @@ CFG
 receiver=$!
 
 export CHAT_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" CHAT_TRACE_SAMPLE_RATIO=1
+# The session's start is logged at debug level inside its traced `connect` span.
+export RUST_LOG=info,chat_gateway::session::open=debug
 start_cluster "$dir" || fail "the cluster did not start"
 read -r -a gateway <<<"$GATEWAY_PORTS"
 
@@ -80,10 +82,10 @@ CHAT_JWT_SECRET=$(cat "$CLUSTER_DIR/dev-secret") "$bin/chat-loadtest" fanout \
   --rate 20 --duration 3s --drain 2s --source-ips 1 --out "$dir/report" >"$dir/loadtest.log" 2>&1 ||
   fail "the load harness failed"
 
-python3 - "$query_port" <<'PY' || fail "no trace of a message across the gateways and the worker"
+python3 - "$query_port" "$CLUSTER_DIR/gateway-1.log" <<'PY' || fail "no trace of a message across the gateways and the worker"
 import json, sys, time, urllib.parse, urllib.request
 
-port = sys.argv[1]
+port, log = sys.argv[1:]
 
 def get(path, **query):
     url = f"http://127.0.0.1:{port}{path}?" + urllib.parse.urlencode(query)
@@ -99,9 +101,8 @@ def where(trace):
         out.append((span["operationName"], process["serviceName"], tags.get("service.instance.id", "")))
     return out
 
-deadline = time.time() + 30
-best = []
-while time.time() < deadline:
+def message_trace():
+    """A trace of a message with spans from the sending gateway, the worker and both gateways."""
     traces = get("/api/traces", service="chat-gateway", operation="publish", limit=200, lookback="1h")
     for trace in traces:
         spans = where(trace)
@@ -109,13 +110,28 @@ while time.time() < deadline:
         store = [s for s in spans if s[0] == "store" and s[1] == "chat-persistence-worker"]
         fanout_nodes = {s[2] for s in spans if s[0] == "fanout" and s[1] == "chat-gateway"}
         if publish and store and {"gateway-1", "gateway-2"} <= fanout_nodes:
-            print(f"trace {trace['traceID']}: {len(spans)} spans, one trace:")
-            for operation, service, node in sorted(spans, key=lambda s: (s[1], s[2], s[0])):
-                print(f"  {service:24} {node:10} {operation}")
-            sys.exit(0)
-        best = max(best, spans, key=len)
+            return trace, spans
+    return None, max((where(t) for t in traces), key=len, default=[])
+
+deadline = time.time() + 30
+trace, spans = message_trace()
+while trace is None and time.time() < deadline:
     time.sleep(1)
-raise SystemExit(f"no trace with publish, store and a fanout on both gateways; the fullest: {best}")
+    trace, spans = message_trace()
+if trace is None:
+    raise SystemExit(f"no trace with publish, store and a fanout on both gateways; the fullest: {spans}")
+print(f"trace {trace['traceID']}: {len(spans)} spans, one trace:")
+for operation, service, node in sorted(spans, key=lambda s: (s[1], s[2], s[0])):
+    print(f"  {service:24} {node:10} {operation}")
+
+# Logs inside a traced span carry its trace id, and the collector has that trace.
+import re
+plain = re.sub(r"\x1b\[[0-9;]*m", "", open(log).read())
+ids = re.findall(r"connect\{trace_id=([0-9a-f]{32})\}: .*session opened", plain)
+assert ids, "no log line of a session's start with its trace id"
+found = get(f"/api/traces/{ids[0]}")
+assert found and any(s["operationName"] == "connect" for s in found[0]["spans"]), found
+print(f"the log of a session's start carries trace_id={ids[0]}, a trace the collector has")
 PY
 echo "tracing: a message is one trace, with spans from the sending gateway, the worker and both gateways' fan-out"
 

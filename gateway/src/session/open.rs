@@ -166,6 +166,7 @@ async fn open_session(
         }
     };
     shared.metrics.connects.inc();
+    tracing::debug!(user_id = %session.identity.user_id, "session opened");
     let replay = match resume {
         Resume::Replay { positions, .. } => {
             let (report, replay) = session.replay(&positions).await;
