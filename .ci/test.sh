@@ -19,11 +19,13 @@ echo "nats-server: $(nats-server --version)"
 # that the compiler and the tests leave idle: the deployment tools (Go builds of helm, kustomize
 # and kubeconform, minutes of CPU when not cached), Jaeger (the trace test's OTLP receiver, also a
 # Go build) and Cassandra's jars (Maven Central).
-# `background NAME COMMAND…` starts one; `await NAME` waits for it and fails with its output.
+# `background NAME COMMAND…` starts one in a process group of its own; `await NAME` waits for
+# it and fails with its output; `hold` and `resume` stop and continue them all (SIGSTOP, SIGCONT)
+# around the load harness's latency test, which measures the machine.
 declare -A pids logs
 background() {
   logs[$1]=$(mktemp "${TMPDIR:-/tmp}/chat-$1.XXXXXX")
-  nice -n 19 "${@:2}" >"${logs[$1]}" 2>&1 &
+  setsid nice -n 19 "${@:2}" >"${logs[$1]}" 2>&1 &
   pids[$1]=$!
 }
 await() {
@@ -32,13 +34,20 @@ await() {
   rm -f "${logs[$1]}"
   unset "pids[$1]"
 }
+signal_background() {
+  local pid
+  for pid in "${pids[@]}"; do kill "-$1" -- "-$pid" 2>/dev/null || true; done
+}
+hold() { signal_background STOP; }
+resume() { signal_background CONT; }
 background deploy-tools deploy/validate/tools.sh
 background jaeger deploy/observability/jaeger.sh
 [ -n "${SCYLLA_URI:-}" ] || background cassandra-install deploy/cassandra/cassandra.sh install
 cassandra_dir=
 cleanup() {
   local rc=$?
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  signal_background CONT
+  signal_background TERM
   if [ -n "$cassandra_dir" ]; then
     deploy/cassandra/cassandra.sh stop "$cassandra_dir" || true
     if [ "$rc" -eq 0 ]; then rm -rf "$cassandra_dir"; else echo "Cassandra's files kept in $cassandra_dir" >&2; fi
@@ -57,8 +66,11 @@ deploy/test-local-cluster.sh
 step "the load harness"
 # The load harness's test measures latency (p99 at each step of a ramp): it runs before the
 # Cassandra node starts, on a machine that the database's background work (flushes and
-# compactions after the store tests) does not share.
+# compactions after the store tests) does not share, with the background builds held.
+cargo test -p chat-loadtest --locked --no-run
+hold
 cargo test -p chat-loadtest --locked
+resume
 
 # The CQL server of the store tests: ScyllaDB when SCYLLA_URI (host:port) is given, else one
 # Apache Cassandra 5.0 node started here for the run (jars cached between runs, its own directory
