@@ -51,7 +51,8 @@ run() {
   CHAT_JWT_SECRET=$(cat "$CLUSTER_DIR/dev-secret") "$bin/chat-loadtest" fanout \
     --urls "ws://127.0.0.1:$LB_PORT/ws" --rooms 200 --members 10 --rate "${RATE:-1000}" \
     --duration "${DURATION:-20s}" --source-ips 1 --server-pids "$pids" \
-    --out "$dir/report-$name" >"$dir/loadtest-$name.log" 2>&1
+    --out "$dir/report-$name" >"$dir/loadtest-$name.log" 2>&1 ||
+    { tail -n 20 "$dir/loadtest-$name.log" >&2; exit 1; }
   python3 - "$name" "$dir/report-$name/report.json" <<'PY'
 import json, sys
 name, path = sys.argv[1:]

@@ -32,6 +32,6 @@ start_cluster() {
 stop_cluster() {
   [ -n "${cluster:-}" ] || return 0
   kill -INT -- "-$cluster" 2>/dev/null && sleep 1
-  kill -KILL -- "-$cluster" 2>/dev/null
+  kill -KILL -- "-$cluster" 2>/dev/null || true
   cluster=
 }

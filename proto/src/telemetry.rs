@@ -9,8 +9,9 @@
 //! queue ([`QUEUE`]) for a task that exports them in batches, each export within a timeout, and
 //! what does not fit is dropped and counted ([`span_counts`]).
 
+use std::hash::BuildHasher as _;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -78,6 +79,8 @@ impl TraceOptions {
 
 /// Whether traces are on in this process.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The share of new traces kept (an `f64`'s bits).
+static RATIO: AtomicU64 = AtomicU64::new(0);
 
 /// Spans exported and dropped by this process (one exporter a process).
 #[derive(Debug, Clone, Default)]
@@ -180,9 +183,10 @@ pub fn init(
     exporter.set_resource(&resource);
     let (queue, spans) = mpsc::channel(QUEUE);
     let exporting = tokio::spawn(export(exporter, spans, span_counts()));
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-        options.trace_sample_ratio,
-    )));
+    // Which traces are kept is decided where one would start ([`keep`]), before any span is
+    // made: a trace that is not kept costs no span at all. What is made is exported.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
+    RATIO.store(options.trace_sample_ratio.to_bits(), Ordering::Relaxed);
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_span_processor(Queue {
@@ -279,6 +283,25 @@ async fn export(
 /// Whether traces are on in this process: spans worth a trace are made only then.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether a span made now is kept: inside a kept trace, always; else it would start a trace,
+/// kept at the sampling ratio. False when traces are off.
+pub fn keep() -> bool {
+    if !enabled() {
+        return false;
+    }
+    let current = tracing::Span::current();
+    if !current.is_none() && current.context().span().span_context().is_sampled() {
+        return true;
+    }
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    if ratio >= 1.0 {
+        return true;
+    }
+    // A fresh random number: each `RandomState` has keys of its own.
+    let draw = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    (draw as f64) < ratio * (u64::MAX as f64)
 }
 
 /// Notes `span`'s trace id in its `trace_id` field, for the logs inside it.

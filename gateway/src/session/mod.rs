@@ -205,10 +205,11 @@ impl Session {
     }
 }
 
-/// The span that `make` makes when traces are on (its trace id noted for the logs inside it),
-/// else none: spans cost nothing then.
+/// The span that `make` makes when it is kept: traces are on, and it is in a kept trace or
+/// starts one (at the sampling ratio). Its trace id is noted for the logs inside it. Else none:
+/// a span not kept costs nothing.
 pub(crate) fn traced(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if !chat_proto::telemetry::enabled() {
+    if !chat_proto::telemetry::keep() {
         return tracing::Span::none();
     }
     let span = make();

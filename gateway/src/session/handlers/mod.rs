@@ -61,10 +61,10 @@ impl Session {
         };
         let request_id = request.request_id;
         let event = request.body.name();
-        let dispatched = if chat_proto::telemetry::enabled() {
-            let span = super::traced(|| {
-                tracing::info_span!("request", event, trace_id = tracing::field::Empty)
-            });
+        let span = super::traced(|| {
+            tracing::info_span!("request", event, trace_id = tracing::field::Empty)
+        });
+        let dispatched = if !span.is_none() {
             // Boxed: the socket's idle task keeps the size it has without traces.
             Box::pin(
                 self.dispatch(request.body, request_id.as_deref())
