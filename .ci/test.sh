@@ -23,10 +23,14 @@ echo "nats-server: $(nats-server --version)"
 # it and fails with its output; `hold` and `resume` stop and continue them all (SIGSTOP, SIGCONT)
 # around the load harness's latency test, which measures the machine.
 declare -A pids logs
+# (A process group, not a session: the kernel's autogroup scheduling shares the CPU fairly
+# between sessions whatever their nice value, so a new session would take half the machine.)
 background() {
   logs[$1]=$(mktemp "${TMPDIR:-/tmp}/chat-$1.XXXXXX")
-  setsid nice -n 19 "${@:2}" >"${logs[$1]}" 2>&1 &
+  set -m
+  nice -n 19 "${@:2}" >"${logs[$1]}" 2>&1 &
   pids[$1]=$!
+  set +m
 }
 await() {
   wait "${pids[$1]}" || { cat "${logs[$1]}" >&2; echo "error: $1 failed" >&2; exit 1; }
