@@ -333,14 +333,15 @@ impl<S: Store> Handlers<S> {
     }
 
     /// Stores an event durably, applies it to the store, and announces it on the conversation.
-    async fn record(&self, conversation_id: &str, kind: Kind) -> Result<(), Failure> {
+    /// Stores `kind` durably, applies it to the store and announces it; its stream sequence.
+    async fn record(&self, conversation_id: &str, kind: Kind) -> Result<u64, Failure> {
         let mut event = v1::ConversationEvent::new(conversation_id.to_owned(), kind);
         event.seq = bus::finish_durable(bus::start_durable(&self.js, &event, None, None).await?)
             .await?
             .seq;
         self.store.apply(vec![event.clone()], None).await?;
         bus::publish_live(&self.client, &event, None).await?;
-        Ok(())
+        Ok(event.seq)
     }
 
     /// Tells the routers that `joined` and `left` joined or left a conversation (who hears of
@@ -421,7 +422,8 @@ impl<S: Store> Handlers<S> {
             conversation: Some(conversation),
             password_hash: r.password.as_deref().map(password::hash),
         };
-        self.record(&id, Kind::ConversationCreated(created.clone()))
+        let seq = self
+            .record(&id, Kind::ConversationCreated(created.clone()))
             .await?;
         let participant_ids = created
             .conversation
@@ -435,6 +437,7 @@ impl<S: Store> Handlers<S> {
             let joined = v1::ConversationJoined {
                 conversation: Some(conversation.clone()),
                 created: true,
+                seq,
             };
             let kind = v1::user_event::Kind::Joined(joined);
             self.announce(user_id, kind, placement.as_ref()).await;
@@ -478,12 +481,14 @@ impl<S: Store> Handlers<S> {
             user_id: r.user_id.clone(),
             at_ms: timestamp::now_ms(),
         };
-        self.record(&r.conversation_id, Kind::ParticipantAdded(added))
+        let seq = self
+            .record(&r.conversation_id, Kind::ParticipantAdded(added))
             .await?;
         let conversation = self.load(&r.conversation_id).await?;
         let joined = v1::ConversationJoined {
             conversation: Some(conversation.clone()),
             created: false,
+            seq,
         };
         let users = [r.user_id];
         let placement = self.members_changed(&conversation.id, &users, &[]).await;

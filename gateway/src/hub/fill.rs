@@ -46,6 +46,13 @@ impl Hub {
         let loss_floor = self.inner.loss_floor.load(Ordering::Relaxed);
         let floor = room.seen.lock().expect("room lock poisoned").floor;
         let after = floor.max(loss_floor.saturating_sub(FILL_SLACK));
+        self.fill_after(conversation_id, room, after).await;
+    }
+
+    /// Delivers to `room` the conversation's events after `after` that it has not delivered:
+    /// after a loss, or after a user joined (events published before the node's subscription was
+    /// live are theirs too).
+    pub(super) async fn fill_after(&self, conversation_id: &str, room: &Room, after: u64) {
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_FILL_WAIT);
         let (events, complete) = loop {
             match self

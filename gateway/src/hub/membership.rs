@@ -49,13 +49,37 @@ impl Hub {
         sockets
     }
 
-    async fn user_joined(&self, user_id: &str, conversation: &v1::Conversation, event: &str) {
+    /// Joins the user's local sockets to `conversation` and tells them with `event`; then
+    /// delivers what the conversation had after `since` (the stream sequence of the event that
+    /// made them a member, 0 when unknown) and the node had not received: a message sent right
+    /// after the join, before this node's subscription to the conversation was live.
+    async fn user_joined(
+        &self,
+        user_id: &str,
+        conversation: &v1::Conversation,
+        event: &str,
+        since: u64,
+    ) {
         let frame = Utf8Bytes::from(client::push(
             event,
             serde_json::json!({ "conversation": ConversationJson::from(conversation) }),
         ));
-        for socket in self.join_user(user_id, &conversation.id).await {
+        let new_room = self.room(&conversation.id).is_none();
+        let joined = self.join_user(user_id, &conversation.id).await;
+        for socket in &joined {
             socket.push(&frame, Delivery::Durable, &self.inner.stats.pushes);
+        }
+        if since > 0
+            && !joined.is_empty()
+            && let Some(room) = self.room(&conversation.id)
+        {
+            if new_room {
+                // A room new on this node delivered nothing before it existed: what follows
+                // `since` is the user's even below the node's highest sequence at its start.
+                let mut seen = room.seen.lock().expect("room lock poisoned");
+                seen.floor = seen.floor.min(since);
+            }
+            self.fill_after(&conversation.id, &room, since).await;
         }
     }
 
@@ -92,7 +116,8 @@ impl Hub {
                 } else {
                     "conversation:joined"
                 };
-                self.user_joined(&event.user_id, &conversation, name).await;
+                self.user_joined(&event.user_id, &conversation, name, joined.seq)
+                    .await;
                 self.tell_router_conversations(&event.user_id);
             }
             Some(user_event::Kind::Removed(removed)) => {
@@ -135,7 +160,7 @@ impl Hub {
                     .iter()
                     .filter(|c| !rooms.iter().any(|r| **r == *c.id))
                 {
-                    self.user_joined(&user_id, conversation, "conversation:joined")
+                    self.user_joined(&user_id, conversation, "conversation:joined", 0)
                         .await;
                 }
             }
