@@ -52,12 +52,14 @@ pub struct Eviction {
 }
 
 impl Eviction {
-    /// Evicts for `reason`; the first reason wins.
-    pub fn evict(&self, reason: CloseReason) {
-        let _ = self
+    /// Evicts for `reason`; the first reason wins. True when this call evicted the socket.
+    pub fn evict(&self, reason: CloseReason) -> bool {
+        let first = self
             .code
-            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         self.ready.notify_waiters();
+        first
     }
 
     /// The reason, once evicted.
@@ -101,9 +103,9 @@ impl SocketHandle {
         }
     }
 
-    /// Ends the socket from outside its task.
-    pub fn evict(&self, reason: CloseReason) {
-        self.eviction.evict(reason);
+    /// Ends the socket from outside its task; true when this call ended it (the first reason).
+    pub fn evict(&self, reason: CloseReason) -> bool {
+        self.eviction.evict(reason)
     }
 
     /// The socket's outbox.
@@ -160,8 +162,10 @@ impl SocketHandle {
                     stats.num_dropped_ephemeral.inc();
                 }
                 Delivery::Durable => {
-                    stats.num_evicted_slow.inc();
-                    self.evict(CloseReason::TooSlow);
+                    // Counted once a socket: pushes that follow before it closes fail too.
+                    if self.evict(CloseReason::TooSlow) {
+                        stats.num_evicted_slow.inc();
+                    }
                 }
             },
             Err(PushError::Closed) => {}
