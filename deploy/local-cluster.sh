@@ -20,8 +20,9 @@
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
 # and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
 # STREAM_MAX_BYTES (2 GiB) and AUDIT_STREAM_MAX_BYTES (256 MiB): the streams' size limits, below
-# the worker's defaults (8 GiB and 1 GiB) so that the cluster starts on a machine with a few GB
-# of free disk (JetStream reserves both limits against 75% of the disk free at its start).
+# the worker's defaults (8 GiB and 1 GiB). JetStream reserves both limits against its file
+# storage, which is set to their sum plus 1 GiB here (not to its default, 75% of the disk free at
+# its start), so that the cluster starts on any disk; the disk must hold what is really written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${CLUSTER_DIR:-.local/cluster}
@@ -93,23 +94,28 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if ((nats_servers == 1)); then
-  start nats nats-server -js -a 127.0.0.1 -p "${nats_ports[0]}" -sd "$state/nats"
-else
-  routes=$(printf '"nats://127.0.0.1:%s", ' "${nats_cluster_ports[@]}")
-  for ((i = 0; i < nats_servers; i++)); do
-    cat >"$state/nats-$((i + 1)).conf" <<CFG
-server_name: nats-$((i + 1))
-jetstream { store_dir: "$state/nats-$((i + 1))" }
+stream_max_bytes=${STREAM_MAX_BYTES:-2147483648}
+audit_stream_max_bytes=${AUDIT_STREAM_MAX_BYTES:-268435456}
+# JetStream's file storage is set, not left to its default (75% of the disk free at its start):
+# the streams' limits plus 1 GiB, so that the cluster starts the same on any disk.
+max_file_store=$((stream_max_bytes + audit_stream_max_bytes + 1073741824))
+routes=$(printf '"nats://127.0.0.1:%s", ' "${nats_cluster_ports[@]}")
+for ((i = 0; i < nats_servers; i++)); do
+  name=nats
+  ((nats_servers == 1)) || name=nats-$((i + 1))
+  {
+    echo "server_name: $name"
+    echo "jetstream { store_dir: \"$state/$name\", max_file_store: $max_file_store }"
+    ((nats_servers == 1)) || cat <<CFG
 cluster {
   name: chat
   listen: "127.0.0.1:${nats_cluster_ports[$i]}"
   routes: [${routes%, }]
 }
 CFG
-    start "nats-$((i + 1))" nats-server -a 127.0.0.1 -p "${nats_ports[$i]}" -c "$state/nats-$((i + 1)).conf"
-  done
-fi
+  } >"$state/$name.conf"
+  start "$name" nats-server -a 127.0.0.1 -p "${nats_ports[$i]}" -c "$state/$name.conf"
+done
 for port in "${nats_ports[@]}"; do
   for _ in $(seq 50); do
     port_free "$port" || break
@@ -130,8 +136,7 @@ stream_replicas=$((nats_servers >= 3 ? 3 : 1))
 start worker "$bin"/chat-persistence-worker --nats-url "$nats_url" --db-path "$state/chat.db" \
   --admin-listen "127.0.0.1:$worker_admin_port" \
   --router-urls "$router_url" --stream-replicas "$stream_replicas" \
-  --stream-max-bytes "${STREAM_MAX_BYTES:-2147483648}" \
-  --audit-stream-max-bytes "${AUDIT_STREAM_MAX_BYTES:-268435456}"
+  --stream-max-bytes "$stream_max_bytes" --audit-stream-max-bytes "$audit_stream_max_bytes"
 for _ in $(seq 100); do
   grep -q "worker ready" "$state/worker.log" && break
   kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/worker.log"; exit 1; }
