@@ -15,6 +15,7 @@
 #
 # Ports (environment): LB_PORT (8000: HAProxy), NATS_PORT (4222; with --nats-cluster N the
 # servers take NATS_PORTS, "4222 4223 4224", and NATS_CLUSTER_PORTS, "6222 6223 6224"),
+# NATS_MONITOR_PORTS ("8222 …": nats-server's monitoring endpoints, /varz and the others),
 # ROUTER_PORT (7070), GATEWAY_PORTS ("8080 8081"), ADMIN_PORTS ("9080 9081": the gateways' admin
 # ports), ROUTER_ADMIN_PORT (9070), WORKER_ADMIN_PORT (9090); every admin port serves /metrics. GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
@@ -49,10 +50,12 @@ bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 lb_port=${LB_PORT:-8000}
 read -r -a nats_ports <<<"${NATS_PORTS:-${NATS_PORT:-4222} 4223 4224 4225 4226 4227 4228 4229 4230}"
 read -r -a nats_cluster_ports <<<"${NATS_CLUSTER_PORTS:-6222 6223 6224 6225 6226 6227 6228 6229 6230}"
-((${#nats_ports[@]} >= nats_servers && ${#nats_cluster_ports[@]} >= nats_servers)) ||
-  { echo "NATS_PORTS and NATS_CLUSTER_PORTS need $nats_servers ports each" >&2; exit 64; }
+read -r -a nats_monitor_ports <<<"${NATS_MONITOR_PORTS:-8222 8223 8224 8225 8226 8227 8228 8229 8230}"
+((${#nats_ports[@]} >= nats_servers && ${#nats_cluster_ports[@]} >= nats_servers && ${#nats_monitor_ports[@]} >= nats_servers)) ||
+  { echo "NATS_PORTS, NATS_CLUSTER_PORTS and NATS_MONITOR_PORTS need $nats_servers ports each" >&2; exit 64; }
 nats_ports=("${nats_ports[@]:0:$nats_servers}")
 nats_cluster_ports=("${nats_cluster_ports[@]:0:$nats_servers}")
+nats_monitor_ports=("${nats_monitor_ports[@]:0:$nats_servers}")
 router_port=${ROUTER_PORT:-7070}
 router_admin_port=${ROUTER_ADMIN_PORT:-9070}
 worker_admin_port=${WORKER_ADMIN_PORT:-9090}
@@ -68,8 +71,8 @@ export CHAT_JWT_SECRET
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 cluster_ports=()
 ((nats_servers == 1)) || cluster_ports=("${nats_cluster_ports[@]}")
-for port in "$lb_port" "${nats_ports[@]}" "${cluster_ports[@]}" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}" "$router_admin_port" "$worker_admin_port"; do
-  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT(S), NATS_CLUSTER_PORTS, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS, ROUTER_ADMIN_PORT, WORKER_ADMIN_PORT)" >&2; exit 1; }
+for port in "$lb_port" "${nats_ports[@]}" "${nats_monitor_ports[@]}" "${cluster_ports[@]}" "$router_port" "${gateway_ports[@]}" "${admin_ports[@]}" "$router_admin_port" "$worker_admin_port"; do
+  port_free "$port" || { echo "port $port is in use: is a cluster already running? (set LB_PORT, NATS_PORT(S), NATS_MONITOR_PORTS, NATS_CLUSTER_PORTS, ROUTER_PORT, GATEWAY_PORTS, ADMIN_PORTS, ROUTER_ADMIN_PORT, WORKER_ADMIN_PORT)" >&2; exit 1; }
 done
 
 pids=()
@@ -105,6 +108,7 @@ for ((i = 0; i < nats_servers; i++)); do
   ((nats_servers == 1)) || name=nats-$((i + 1))
   {
     echo "server_name: $name"
+    echo "http: \"127.0.0.1:${nats_monitor_ports[$i]}\""
     echo "jetstream { store_dir: \"$state/$name\", max_file_store: $max_file_store }"
     ((nats_servers == 1)) || cat <<CFG
 cluster {

@@ -26,6 +26,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export LB_PORT=$(free_port) NATS_PORT=$(free_port) ROUTER_PORT=$(free_port)
 export ROUTER_ADMIN_PORT=$(free_port) WORKER_ADMIN_PORT=$(free_port)
+export NATS_MONITOR_PORTS="$(free_port) $(free_port) $(free_port)"
 export GATEWAY_PORTS="$(free_port) $(free_port)" ADMIN_PORTS="$(free_port) $(free_port)"
 export CLUSTER_DIR="$dir/state" PROFILE=${PROFILE:-dev}
 read -r -a admin <<<"$ADMIN_PORTS"

@@ -10,6 +10,7 @@ start_cluster() {
   local dir=$1
   export LB_PORT=$(free_port) NATS_PORT=$(free_port) ROUTER_PORT=$(free_port)
   export ROUTER_ADMIN_PORT=$(free_port) WORKER_ADMIN_PORT=$(free_port)
+  export NATS_MONITOR_PORTS="$(free_port) $(free_port) $(free_port)"
   export GATEWAY_PORTS="$(free_port) $(free_port)" ADMIN_PORTS="$(free_port) $(free_port)"
   export CLUSTER_DIR="$dir/state" PROFILE=${PROFILE:-dev}
   export GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0"

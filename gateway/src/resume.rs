@@ -14,6 +14,7 @@ use std::time::Duration;
 pub use chat_proto::client::ResumeData;
 use chat_proto::client::{self, Delivery};
 use chat_proto::subjects;
+use chat_proto::v1::ConversationEvent;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -118,6 +119,7 @@ impl ResumeKeys {
 }
 
 /// What a replay read.
+#[derive(Default)]
 pub struct Replay {
     /// The missed events' frames, conversation by conversation, in order.
     pub frames: Vec<Utf8Bytes>,
@@ -125,6 +127,29 @@ pub struct Replay {
     pub covered: HashMap<u64, u64>,
     /// The `resume` answer's `conversations`: replayed count and completeness.
     pub report: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Replay {
+    /// Adds `events`, the conversation's events after `after` in order; returns how many frames
+    /// they gave.
+    pub fn add(
+        &mut self,
+        conversation_id: &str,
+        after: u64,
+        events: &[ConversationEvent],
+    ) -> usize {
+        let mut upto = after;
+        let mut replayed = 0;
+        for event in events {
+            upto = upto.max(event.seq);
+            if let Some((frame, Delivery::Durable)) = client::conversation_push(event) {
+                self.frames.push(Utf8Bytes::from(frame));
+                replayed += 1;
+            }
+        }
+        self.covered.insert(subjects::fnv1a(conversation_id), upto);
+        replayed
+    }
 }
 
 /// Reads what the socket missed in each conversation of `positions` it is in (the others are
@@ -140,11 +165,7 @@ pub async fn replay(
             "at most {MAX_RESUMED_CONVERSATIONS} positions"
         )));
     }
-    let mut replay = Replay {
-        frames: Vec::new(),
-        covered: HashMap::new(),
-        report: serde_json::Map::new(),
-    };
+    let mut replay = Replay::default();
     for (conversation_id, &after) in positions {
         validation::conversation_id(conversation_id)?;
         if !hub.is_joined(socket_id, conversation_id) {
@@ -153,18 +174,7 @@ pub async fn replay(
         let (events, complete) = reader
             .events_after(conversation_id, after, MAX_REPLAY_EVENTS)
             .await?;
-        let mut upto = after;
-        let mut replayed = 0;
-        for event in &events {
-            upto = upto.max(event.seq);
-            if let Some((frame, Delivery::Durable)) = client::conversation_push(event) {
-                replay.frames.push(Utf8Bytes::from(frame));
-                replayed += 1;
-            }
-        }
-        replay
-            .covered
-            .insert(subjects::fnv1a(conversation_id), upto);
+        let replayed = replay.add(conversation_id, after, &events);
         replay.report.insert(
             conversation_id.clone(),
             json!({ "replayed": replayed, "complete": complete }),

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_KEY, API_KEY, Cluster, ClusterClients, api_flags, create_room, http};
+use common::{ADMIN_KEY, API_KEY, Cluster, ClusterClients, Seen, api_flags, create_room, http};
 use serde_json::{Value, json};
 
 /// Long enough for an event that should not come.
@@ -241,6 +241,85 @@ async fn scenario_14_a_participant_added_by_the_backend_joins_and_is_announced()
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// Added while messages keep coming, a participant gets every message sent after the change (by
+/// stream sequence, after the `participant:added` the members saw), in order, once, after
+/// `conversation:joined`: on a gateway where the conversation had no member (carol) and on one
+/// where it had (dave, beside the sender).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_added_during_a_stream_of_messages_gets_each_later_one_in_order() {
+    const COUNT: u64 = 300;
+    let cluster = cluster().await;
+    let mut alice = cluster.client(0, "alice").await;
+    let mut carol = cluster.client(1, "carol").await;
+    let mut dave = cluster.client(0, "dave").await;
+    let room = create_room(&mut alice, &["bob"]).await;
+
+    let writer_room = room.clone();
+    let writer = tokio::spawn(async move {
+        // Each acked number with its message's stream sequence.
+        let mut acked = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        for n in 0..COUNT {
+            tick.tick().await;
+            let data = json!({"conversationId": writer_room, "content": format!("n-{n}")});
+            let answer = alice.request("message:send", data).await;
+            if answer["event"] == "ack" {
+                acked.push((n, answer["data"]["message"]["seq"].as_u64().unwrap()));
+            }
+        }
+        (alice, acked)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let path = format!("/api/v1/conversations/{room}/participants");
+    for user in ["carol", "dave"] {
+        call(
+            api(&cluster, 1),
+            "POST",
+            &path,
+            Some(json!({"userId": user})),
+            200,
+        )
+        .await;
+    }
+    let (mut alice, acked) = writer.await.unwrap();
+    for (name, client) in [("carol", &mut carol), ("dave", &mut dave)] {
+        let added = loop {
+            let added = alice.expect("participant:added").await;
+            if added["userId"] == name {
+                break added["seq"].as_u64().unwrap();
+            }
+        };
+        let due: Vec<u64> = acked
+            .iter()
+            .filter(|(_, seq)| *seq > added)
+            .map(|(n, _)| *n)
+            .collect();
+        assert!(due.len() > 100, "most messages are sent after the adds");
+        client.expect("conversation:joined").await;
+        assert!(
+            !client.kept("message:new"),
+            "{name}: a message before conversation:joined"
+        );
+        let mut seen = Seen::default();
+        seen.read(client, QUIET).await;
+        // In order, once; and every message after the change is there.
+        assert!(
+            seen.numbers.windows(2).all(|w| w[0] < w[1]),
+            "{name}: out of order or twice: {:?}",
+            seen.numbers
+        );
+        let missing: Vec<u64> = due
+            .iter()
+            .copied()
+            .filter(|n| !seen.numbers.contains(n))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{name}: lost after the change: {missing:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,14 @@
 //! Gap fills: after core NATS may have lost events for the node (a slow-consumer drop, a
 //! disconnection), every room reads from the stream what it may have missed and delivers what
 //! it had not; each room remembers the recent sequences it delivered, so nothing goes twice.
+//! The same read gives a socket that joins a conversation what it missed (see `membership`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chat_proto::service::Backoff;
+use chat_proto::v1::ConversationEvent;
 use futures_util::StreamExt;
 
 use super::Hub;
@@ -41,41 +43,18 @@ impl Hub {
             .await;
     }
 
+    /// Delivers to `room` the conversation's events that it may have missed and had not
+    /// delivered.
     async fn fill(&self, conversation_id: &str, room: &Room) {
         self.inner.stats.num_fills.inc();
         let loss_floor = self.inner.loss_floor.load(Ordering::Relaxed);
         let floor = room.seen.lock().expect("room lock poisoned").floor;
         let after = floor.max(loss_floor.saturating_sub(FILL_SLACK));
-        self.fill_after(conversation_id, room, after).await;
-    }
-
-    /// Delivers to `room` the conversation's events after `after` that it has not delivered:
-    /// after a loss, or after a user joined (events published before the node's subscription was
-    /// live are theirs too).
-    pub(super) async fn fill_after(&self, conversation_id: &str, room: &Room, after: u64) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_FILL_WAIT);
-        let (events, complete) = loop {
-            match self
-                .inner
-                .reader
-                .events_after(conversation_id, after, MAX_FILL_EVENTS)
-                .await
-            {
-                Ok(read) => break read,
-                Err(_) if backoff.next() < MAX_FILL_WAIT => {
-                    if !backoff.wait(self.inner.token.cancelled()).await {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        conversation_id,
-                        "cannot fill from the stream; members must resume"
-                    );
-                    room.evict_all(CloseReason::TooSlow);
-                    return;
-                }
+        let Some((events, complete)) = self.read_after(conversation_id, after).await else {
+            if !self.inner.token.is_cancelled() {
+                room.evict_all(CloseReason::TooSlow);
             }
+            return;
         };
         let before = room.seen.lock().expect("room lock poisoned").num_inserted;
         for event in events {
@@ -88,6 +67,39 @@ impl Hub {
         }
         if !complete {
             room.evict_all(CloseReason::TooSlow);
+        }
+    }
+
+    /// The conversation's events after `after` (at most [`MAX_FILL_EVENTS`]; the flag says
+    /// whether that was all), the read tried again for a while; `None` once it gave up (whoever
+    /// needed them must resume) or the node stops.
+    pub(super) async fn read_after(
+        &self,
+        conversation_id: &str,
+        after: u64,
+    ) -> Option<(Vec<ConversationEvent>, bool)> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_FILL_WAIT);
+        loop {
+            match self
+                .inner
+                .reader
+                .events_after(conversation_id, after, MAX_FILL_EVENTS)
+                .await
+            {
+                Ok(read) => return Some(read),
+                Err(_) if backoff.next() < MAX_FILL_WAIT => {
+                    if !backoff.wait(self.inner.token.cancelled()).await {
+                        return None;
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        conversation_id,
+                        "cannot read from the stream; members must resume"
+                    );
+                    return None;
+                }
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! membership cache kept true; the router told each local user's conversations; and, after a
 //! reconnection, every local user's rooms brought in line with the store.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chat_proto::client::{self, ConversationJson, Delivery};
@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Hub;
 use crate::error::CloseReason;
+use crate::resume::Replay;
 use crate::socket::SocketHandle;
 
 impl Hub {
@@ -26,8 +27,17 @@ impl Hub {
     /// evicted (it reconnects and gets its rooms again; one over its room limit is told so).
     pub async fn join_user(&self, user_id: &str, conversation_id: &str) -> Vec<SocketHandle> {
         self.forget_membership(user_id, conversation_id);
+        self.join_sockets(self.sockets_of(user_id), conversation_id)
+            .await
+    }
+
+    async fn join_sockets(
+        &self,
+        sockets: Vec<SocketHandle>,
+        conversation_id: &str,
+    ) -> Vec<SocketHandle> {
         let mut joined = Vec::new();
-        for socket in self.sockets_of(user_id) {
+        for socket in sockets {
             match self.join(&socket, conversation_id).await {
                 Ok(()) => joined.push(socket),
                 Err(error) => {
@@ -49,10 +59,11 @@ impl Hub {
         sockets
     }
 
-    /// Joins the user's local sockets to `conversation` and tells them with `event`; then
-    /// delivers what the conversation had after `since` (the stream sequence of the event that
-    /// made them a member, 0 when unknown) and the node had not received: a message sent right
-    /// after the join, before this node's subscription to the conversation was live.
+    /// Joins the user's local sockets to `conversation` and tells them with `event`. A socket
+    /// new to it then gets what the conversation had after `since` (the stream sequence of the
+    /// event that made the user a member, 0 when unknown) from the stream, before any later
+    /// event: a message sent right after the join may have been published before this node's
+    /// subscription to the conversation was live.
     async fn user_joined(
         &self,
         user_id: &str,
@@ -64,22 +75,44 @@ impl Hub {
             event,
             serde_json::json!({ "conversation": ConversationJson::from(conversation) }),
         ));
-        let new_room = self.room(&conversation.id).is_none();
-        let joined = self.join_user(user_id, &conversation.id).await;
-        for socket in &joined {
+        self.forget_membership(user_id, &conversation.id);
+        let sockets = self.sockets_of(user_id);
+        let newcomers: Vec<SocketHandle> = sockets
+            .iter()
+            .filter(|socket| since > 0 && !self.is_joined(socket.id, &conversation.id))
+            .cloned()
+            .collect();
+        // Their conversation events wait, from before they join until the replay is read.
+        for socket in &newcomers {
+            socket.outbox().hold();
+        }
+        for socket in &self.join_sockets(sockets, &conversation.id).await {
             socket.push(&frame, Delivery::Durable, &self.inner.stats.pushes);
         }
-        if since > 0
-            && !joined.is_empty()
-            && let Some(room) = self.room(&conversation.id)
-        {
-            if new_room {
-                // A room new on this node delivered nothing before it existed: what follows
-                // `since` is the user's even below the node's highest sequence at its start.
-                let mut seen = room.seen.lock().expect("room lock poisoned");
-                seen.floor = seen.floor.min(since);
+        if newcomers.is_empty() {
+            return;
+        }
+        let replay = match self.read_after(&conversation.id, since).await {
+            Some((events, true)) => {
+                let mut replay = Replay::default();
+                replay.add(&conversation.id, since, &events);
+                Some(replay)
             }
-            self.fill_after(&conversation.id, &room, since).await;
+            _ => None,
+        };
+        for socket in &newcomers {
+            match &replay {
+                Some(replay) => socket
+                    .outbox()
+                    .release(replay.frames.clone(), replay.covered.clone()),
+                None => {
+                    socket.outbox().release(Vec::new(), HashMap::new());
+                    if !self.inner.token.is_cancelled() {
+                        // Too much to replay, or the stream unreadable: the client resumes.
+                        socket.evict(CloseReason::TooSlow);
+                    }
+                }
+            }
         }
     }
 

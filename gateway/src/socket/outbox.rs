@@ -8,15 +8,16 @@
 //! within it loses nothing, one that stays backed up longer (or fills the overflow) is refused,
 //! and its socket is evicted.
 //!
-//! During a resume the queue is held: conversation events wait (everything else goes out), the
+//! During a resume, or when the socket joins a conversation with events it has to be given from
+//! the stream, the queue is held: conversation events wait (everything else goes out), the
 //! missed events are read from the stream, and [`Outbox::release`] puts them before the held
 //! ones and drops the held ones they already cover; and since an event read from the stream may
 //! still be on its way live, the queue keeps dropping the covered ones afterwards. The client
-//! gets each event once, in order.
+//! gets each event once, in order. Holds nest: events wait until every hold is released.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -53,8 +54,8 @@ pub enum PushError {
     Closed,
 }
 
-/// The items, and what a resume's replay gave the client (per conversation hash, the position
-/// up to which events are not queued again).
+/// The items, and what replays gave the client (per conversation hash, the position up to which
+/// events are not queued again).
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Outbound>,
@@ -91,8 +92,8 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
     closed: AtomicBool,
-    /// Conversation events wait until a resume releases them.
-    held: AtomicBool,
+    /// Holds not yet released: conversation events wait while there is one.
+    holds: AtomicU32,
     capacity: usize,
     grace: Duration,
 }
@@ -104,7 +105,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
-            held: AtomicBool::new(false),
+            holds: AtomicU32::new(0),
             capacity,
             grace,
         }
@@ -153,7 +154,7 @@ impl Outbox {
     pub fn try_pop(&self) -> Option<Outbound> {
         let mut queue = self.queue.lock().expect("outbox lock poisoned");
         let items = &mut queue.items;
-        let item = if self.held.load(Ordering::Acquire) {
+        let item = if self.holds.load(Ordering::Acquire) > 0 {
             let next = items
                 .iter()
                 .position(|item| !matches!(item, Outbound::Event { .. }))?;
@@ -185,9 +186,9 @@ impl Outbox {
         }
     }
 
-    /// Holds conversation events until [`Outbox::release`].
+    /// Holds conversation events until a matching [`Outbox::release`].
     pub fn hold(&self) {
-        self.held.store(true, Ordering::Release);
+        self.holds.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Ends a hold: `replayed` go first (before the held events, after what was queued before
@@ -197,7 +198,11 @@ impl Outbox {
         {
             let mut queue = self.queue.lock().expect("outbox lock poisoned");
             if !covered.is_empty() {
-                queue.covered = Some(Box::new(covered));
+                let known = queue.covered.get_or_insert_default();
+                for (conversation, upto) in covered {
+                    let known = known.entry(conversation).or_default();
+                    *known = (*known).max(upto);
+                }
             }
             let Queue { items, covered, .. } = &mut *queue;
             let mut kept = VecDeque::with_capacity(items.len());
@@ -214,7 +219,10 @@ impl Outbox {
                 kept.insert(at + i, Outbound::Text(frame));
             }
             queue.items = kept;
-            self.held.store(false, Ordering::Release);
+            // Every release follows its hold; one too many must not end another's.
+            let _ = self
+                .holds
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         }
         self.ready.notify_one();
     }
@@ -279,6 +287,40 @@ mod tests {
         outbox.try_push(event(5)).unwrap();
         let order: Vec<String> = std::iter::from_fn(|| outbox.try_pop()).map(text).collect();
         assert_eq!(order, ["e4", "e5", "e6"]);
+    }
+
+    #[test]
+    fn holds_nest_and_each_release_adds_what_it_covers() {
+        let outbox = Outbox::new(16, Duration::from_secs(1));
+        let other = |seq| Outbound::Event {
+            conversation: 8,
+            seq,
+            frame: Utf8Bytes::from(format!("o{seq}")),
+        };
+        // A resume's hold, then a join's (of conversation 8) inside it.
+        outbox.hold();
+        outbox.hold();
+        outbox.try_push(other(3)).unwrap();
+        outbox.try_push(event(6)).unwrap();
+        outbox.release(
+            vec![Utf8Bytes::from("o2"), Utf8Bytes::from("o3")],
+            HashMap::from([(8, 3)]),
+        );
+        assert_eq!(text(outbox.try_pop().unwrap()), "o2");
+        assert_eq!(text(outbox.try_pop().unwrap()), "o3");
+        assert!(outbox.try_pop().is_none(), "still held by the resume");
+        outbox.release(vec![Utf8Bytes::from("e5")], HashMap::from([(7, 5)]));
+        // Both positions stay covered.
+        outbox.try_push(other(3)).unwrap();
+        outbox.try_push(event(5)).unwrap();
+        outbox.try_push(other(4)).unwrap();
+        let order: Vec<String> = std::iter::from_fn(|| outbox.try_pop()).map(text).collect();
+        assert_eq!(order, ["e5", "e6", "o4"]);
+        // A release too many ends no later hold early.
+        outbox.release(Vec::new(), HashMap::new());
+        outbox.hold();
+        outbox.try_push(event(7)).unwrap();
+        assert!(outbox.try_pop().is_none());
     }
 
     #[test]

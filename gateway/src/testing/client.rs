@@ -188,6 +188,11 @@ impl Client {
         }
     }
 
+    /// Whether a push named `event` was read and kept (it came before those taken since).
+    pub fn kept(&self, event: &str) -> bool {
+        self.pushes.iter().any(|p| p["event"] == event)
+    }
+
     /// Asserts that no push named `event` arrives within `wait`.
     pub async fn expect_none(&mut self, event: &str, wait: Duration) {
         if let Some(data) = self.expect_within(event, wait).await {
