@@ -20,6 +20,8 @@
 # ports), ROUTER_ADMIN_PORT (9070), WORKER_ADMIN_PORT (9090); every admin port serves /metrics. GATEWAY_FLAGS: more gateway flags; a load run needs the abuse limits
 # off: GATEWAY_FLAGS="--message-rate 0 --connect-rate-per-ip 0". CLUSTER_DIR: where state, logs
 # and pid files go (.local/cluster). PROFILE: the cargo profile to build and run (release).
+# BIN_DIR: run the binaries in this directory instead of building (an A/B run of two builds).
+# NATS_SERVER: the nats-server binary to run (the one on the PATH, installed if missing).
 # STREAM_MAX_BYTES (2 GiB) and AUDIT_STREAM_MAX_BYTES (256 MiB): the streams' size limits, below
 # the worker's defaults (8 GiB and 1 GiB). JetStream reserves both limits against its file
 # storage, which is set to their sum plus 1 GiB here (not to its default, 75% of the disk free at
@@ -42,10 +44,15 @@ while (($#)); do
 done
 mkdir -p "$state"
 
-deploy/install-tools.sh nats-server haproxy
-echo "building ($profile)…"
-cargo build --profile "$profile" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
-bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+deploy/install-tools.sh haproxy
+[ -n "${NATS_SERVER:-}" ] || deploy/install-tools.sh nats-server
+if [ -n "${BIN_DIR:-}" ]; then
+  bin=$BIN_DIR
+else
+  echo "building ($profile)…"
+  cargo build --profile "$profile" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
+  bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+fi
 
 lb_port=${LB_PORT:-8000}
 read -r -a nats_ports <<<"${NATS_PORTS:-${NATS_PORT:-4222} 4223 4224 4225 4226 4227 4228 4229 4230}"
@@ -118,7 +125,7 @@ cluster {
 }
 CFG
   } >"$state/$name.conf"
-  start "$name" nats-server -a 127.0.0.1 -p "${nats_ports[$i]}" -c "$state/$name.conf"
+  start "$name" "${NATS_SERVER:-nats-server}" -a 127.0.0.1 -p "${nats_ports[$i]}" -c "$state/$name.conf"
 done
 for port in "${nats_ports[@]}"; do
   for _ in $(seq 50); do

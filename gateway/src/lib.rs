@@ -46,6 +46,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use audit::AuditLog;
 pub use config::{Config, Settings};
 use history::StreamReader;
 use hub::{BusSignal, Hub, MembershipCache};
@@ -88,6 +89,7 @@ pub struct Shared {
     failed_auths: Limiter<IpAddr>,
     /// The link to the routers, when there are any.
     router: Option<RouterLink>,
+    audit: AuditLog,
     ws_config: WebSocketConfig,
     next_socket_id: AtomicU64,
     connections: Arc<Semaphore>,
@@ -182,6 +184,8 @@ pub(crate) struct Node {
     hub: Hub,
     router: Option<RouterLink>,
     relay: tokio::task::JoinHandle<()>,
+    audit: tokio::task::JoinHandle<()>,
+    /// Ends the presence relay and the audit log's publisher.
     relay_token: CancellationToken,
 }
 
@@ -272,6 +276,12 @@ impl Node {
             relay_token.clone(),
         ));
         let metrics = Metrics::new(hub.stats(), nats_metrics);
+        let (audit, audit_task) = AuditLog::start(
+            client.clone(),
+            settings.node_id.clone(),
+            metrics.audit_dropped.clone(),
+            relay_token.clone(),
+        );
         let gateway = Gateway {
             shared: Arc::new(Shared {
                 metrics,
@@ -295,6 +305,7 @@ impl Node {
                 hub: hub.clone(),
                 membership,
                 router: router.clone(),
+                audit,
                 next_socket_id: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
             }),
@@ -305,6 +316,7 @@ impl Node {
             hub,
             router,
             relay,
+            audit: audit_task,
             relay_token,
         })
     }
@@ -313,6 +325,7 @@ impl Node {
     pub(crate) async fn stop(self) {
         self.relay_token.cancel();
         let _ = self.relay.await;
+        let _ = self.audit.await;
         if let Some(router) = &self.router {
             router.stop().await;
         }

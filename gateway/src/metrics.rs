@@ -47,6 +47,8 @@ pub struct Metrics {
     publish_duration: Histogram,
     /// The NATS connection's events.
     pub nats: NatsMetrics,
+    /// Audit records lost (the queue full, or NATS away).
+    pub audit_dropped: Counter,
     gauges: Gauges,
     registry: Registry,
 }
@@ -92,6 +94,7 @@ impl Metrics {
             requests: Counter::default(),
             request_refusals: Family::default(),
             messages_received: Counter::default(),
+            audit_dropped: Counter::default(),
             publish_duration: Histogram::new(DURATION_BUCKETS),
             nats,
             gauges: Gauges::default(),
@@ -140,6 +143,11 @@ impl Metrics {
                 "messages_received",
                 "Chat messages taken into the stream (sockets and the server API)",
                 &metrics.messages_received,
+            ),
+            (
+                "audit_records_dropped",
+                "Audit records lost: the node's audit queue was full, or NATS refused the batch",
+                &metrics.audit_dropped,
             ),
             (
                 "deliveries",

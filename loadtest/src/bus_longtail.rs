@@ -50,7 +50,19 @@ pub(crate) struct Options {
 
 const REPUBLISHED: &str = "bench.republished.>";
 
-fn event(conversation_id: String, content: String) -> ConversationEvent {
+/// The worker's stream settings, for a benchmark's own stream.
+pub(crate) fn bench_stream_settings() -> chat_persistence_worker::stream::StreamSettings {
+    chat_persistence_worker::stream::StreamSettings {
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_bytes: 8 * 1024 * 1024 * 1024,
+        dedup_window: Duration::from_secs(120),
+        replicas: 1,
+        audit_retention: Duration::from_secs(90 * 24 * 3600),
+        audit_max_bytes: 1024 * 1024 * 1024,
+    }
+}
+
+pub(crate) fn event(conversation_id: String, content: String) -> ConversationEvent {
     ConversationEvent {
         seq: 0,
         conversation_id,
@@ -81,15 +93,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         .context("failed to connect to NATS")?;
     let js = jetstream::new(client.clone());
     let _ = js.delete_stream(subjects::STREAM).await;
-    let mut config =
-        chat_persistence_worker::stream::config(&chat_persistence_worker::stream::StreamSettings {
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 8 * 1024 * 1024 * 1024,
-            dedup_window: Duration::from_secs(120),
-            replicas: 1,
-            audit_retention: Duration::from_secs(90 * 24 * 3600),
-            audit_max_bytes: 1024 * 1024 * 1024,
-        });
+    let mut config = chat_persistence_worker::stream::config(&bench_stream_settings());
     if options.republish {
         config.republish = Some(Republish {
             source: subjects::STREAM_SUBJECTS.to_owned(),

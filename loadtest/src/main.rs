@@ -2,7 +2,7 @@
 //! cluster (a list of URLs, spread as a load balancer would) and reports what users feel.
 //!
 //! Scenarios ([`scenarios`]): `idle`, `fanout`, `ramp`, `longtail`, `storm`, and the bus-level
-//! `bus-longtail` ([`bus_longtail`]). A run is a parent ([`scenario`]) and agent processes
+//! `bus-longtail` ([`bus_longtail`]) and `bus-publish` ([`bus_publish`]). A run is a parent ([`scenario`]) and agent processes
 //! ([`agent`]): each agent holds a share of the sockets (a process may have only so many open
 //! files) and ships raw histograms and receipt counts ([`wire`]) that the parent merges into the
 //! report ([`report`]: terminal, JSON, SVG). It connects only to the URLs it is given, and every
@@ -10,6 +10,7 @@
 
 mod agent;
 mod bus_longtail;
+mod bus_publish;
 mod report;
 mod scenario;
 mod scenarios;
@@ -42,6 +43,9 @@ enum Scenario {
     Storm(scenarios::StormOptions),
     /// The bus alone: publish-to-ack and -delivery on a long-tail stream (see docs/BENCHMARKS.md).
     BusLongtail(bus_longtail::Options),
+    /// The bus alone: a bare JetStream publish with a de-duplication id, and nats-server's CPU
+    /// per publish.
+    BusPublish(bus_publish::Options),
     /// Internal: an agent process, driven by its parent over stdin/stdout.
     #[command(hide = true)]
     Agent,
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Longtail(o) => bounded(o.common.max_seconds, scenarios::longtail(o)).await,
             Scenario::Storm(o) => bounded(o.fanout.common.max_seconds, scenarios::storm(o)).await,
             Scenario::BusLongtail(options) => bus_longtail::run(options).await,
+            Scenario::BusPublish(options) => bus_publish::run(options).await,
             Scenario::Agent => agent::run().await,
         }
     })

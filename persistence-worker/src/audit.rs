@@ -1,16 +1,17 @@
-//! The audit log's writer: the gateways publish records on `chat.audit.<kind>`, the audit stream
-//! keeps them, and the workers store them (one durable consumer; a record is acknowledged once
-//! stored, and stored twice it is kept once, by its sequence). The store keeps
+//! The audit log's writer: the gateways publish batches of records on `chat.audit.batch`, the
+//! audit stream keeps them, and the workers store them (one durable consumer; a batch is
+//! acknowledged once stored, and stored twice it is kept once, by its records' sequences). The store keeps
 //! them for `--audit-retention`: the CQL store expires them by TTL, the SQLite store is pruned
 //! every ten minutes.
 
 use std::time::Duration;
 
+use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::stream::Stream;
 use chat_proto::subjects;
 use chat_proto::timestamp::now_ms;
-use chat_proto::v1::AuditEvent;
+use chat_proto::v1::{AuditBatch, AuditEvent};
 use futures_util::StreamExt;
 use prost::Message as _;
 use tokio::time::{Instant, timeout_at};
@@ -20,8 +21,10 @@ use crate::WorkerError;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Records stored a batch.
+/// Stream messages stored a batch.
 const BATCH: usize = 256;
+/// Audit records numbered per stream message: a gateway's batch holds at most this many.
+const SEQS_PER_MESSAGE: u64 = 1_024;
 /// How long a batch waits for more records after its first.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
 /// How often the SQLite store drops what is past the retention.
@@ -31,6 +34,45 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 fn nats(error: impl std::fmt::Display) -> WorkerError {
     WorkerError::Nats(error.to_string())
+}
+
+/// The records of one stream message: a gateway's batch (`chat.audit.batch`), or one record
+/// alone (`chat.audit.<kind>`, from gateways before batching). Each is numbered by the
+/// message's stream sequence times [`SEQS_PER_MESSAGE`] plus its index, so that the log keeps
+/// the stream's order and a record stored twice is kept once.
+fn records(message: &Message) -> Vec<AuditEvent> {
+    let Ok(info) = message.info() else {
+        tracing::warn!(subject = %message.subject, "an audit message without metadata");
+        return Vec::new();
+    };
+    let stream_seq = info.stream_sequence;
+    let decoded = if message.subject.as_str() == subjects::AUDIT_BATCH {
+        AuditBatch::decode(message.payload.as_ref()).map(|batch| batch.events)
+    } else {
+        AuditEvent::decode(message.payload.as_ref()).map(|event| vec![event])
+    };
+    match decoded {
+        Ok(events) => {
+            if events.len() as u64 > SEQS_PER_MESSAGE {
+                tracing::warn!(
+                    stream_seq,
+                    records = events.len(),
+                    "audit batch cut to its first 1,024"
+                );
+            }
+            (0..SEQS_PER_MESSAGE)
+                .zip(events)
+                .map(|(index, event)| AuditEvent {
+                    seq: stream_seq * SEQS_PER_MESSAGE + index,
+                    ..event
+                })
+                .collect()
+        }
+        Err(error) => {
+            tracing::warn!(stream_seq, %error, "skipping undecodable audit records");
+            Vec::new()
+        }
+    }
 }
 
 /// Stores the audit stream into `store` until `shutdown`.
@@ -102,19 +144,7 @@ pub async fn run<S: Store>(
                 _ => break,
             }
         }
-        let events: Vec<AuditEvent> = batch
-            .iter()
-            .filter_map(|message| {
-                let seq = message.info().ok()?.stream_sequence;
-                match AuditEvent::decode(message.payload.as_ref()) {
-                    Ok(event) => Some(AuditEvent { seq, ..event }),
-                    Err(error) => {
-                        tracing::warn!(seq, %error, "skipping an undecodable audit record");
-                        None
-                    }
-                }
-            })
-            .collect();
+        let events: Vec<AuditEvent> = batch.iter().flat_map(records).collect();
         let mut backoff = Duration::from_millis(100);
         while let Err(error) = store.append_audit(events.clone(), keep).await {
             tracing::warn!(%error, "audit records not stored; retrying");

@@ -1,13 +1,15 @@
 //! The durable consumer: stream → store, in batches, acknowledged only after the write.
 //!
 //! A batch starts with the first event that arrives and takes what follows within the batch
-//! wait, up to the batch size. It is written, then acknowledged event by event; a failed write is
+//! wait, up to the batch size. It is written, then acknowledged (by one ack of its last event
+//! when the worker is alone, else event by event); a failed write is
 //! retried (nothing is acked), and while it is under way the server is told so every third of
 //! the ack wait, so that a slow store causes no redelivery. The writes are idempotent, so a
 //! redelivered event changes nothing.
 //!
 //! How the consumer is shared follows the store ([`Store::SHARED`]):
-//! - **Alone** (SQLite): the batch and the committed position are written in one transaction. A
+//! - **Alone** (SQLite): the batch and the committed position are written in one transaction,
+//!   and one ack of its last event acknowledges the whole batch (the consumer acks all). A
 //!   worker that starts replaces the consumer with one that starts right after the store's
 //!   committed position (kept, it would hold back what it had delivered to a worker that died,
 //!   until the ack wait, and hand out only newer events meanwhile), and refuses to start while
@@ -48,11 +50,16 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn consumer(&self, start_sequence: u64) -> pull::Config {
+    fn consumer(&self, start_sequence: u64, shared: bool) -> pull::Config {
         pull::Config {
             durable_name: Some(subjects::WORKER_CONSUMER.to_owned()),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
-            ack_policy: AckPolicy::Explicit,
+            // Shared, one worker's ack must not cover another's events still being written.
+            ack_policy: if shared {
+                AckPolicy::Explicit
+            } else {
+                AckPolicy::All
+            },
             ack_wait: self.ack_wait,
             // A few batches in flight, over all the workers.
             max_ack_pending: i64::try_from(self.batch_size * 8).unwrap_or(i64::MAX),
@@ -128,7 +135,7 @@ async fn open<S: Store>(
             .map_err(nats)?;
     }
     let committed = store.committed_seq().await?;
-    let config = settings.consumer(committed + 1);
+    let config = settings.consumer(committed + 1, S::SHARED);
     match stream.create_consumer(config).await {
         Ok(consumer) => {
             tracing::info!(committed, "consumer created at the store's position");
@@ -192,7 +199,7 @@ pub async fn run<S: Store>(
         let commit_through = (!S::SHARED).then_some(through);
         let written = write_until_committed(&store, events, commit_through, &metrics, &shutdown);
         while_in_progress(&batch, settings.ack_wait, written).await?;
-        ack(&batch).await;
+        ack(&batch, S::SHARED).await;
         if S::SHARED {
             record_ack_floor(&consumer, &store).await;
         }
@@ -256,14 +263,15 @@ async fn while_in_progress(
     }
 }
 
-/// Acknowledges every event of the batch; the last one waits for the server's confirmation, so
-/// that the consumer's ack floor includes the whole batch when this returns (one connection's
-/// acks are processed in order).
-async fn ack(batch: &[Message]) {
+/// Acknowledges the batch: every event when the consumer is `shared`, else its last (which acks
+/// all before it). The last ack waits for the server's confirmation, so that the consumer's ack
+/// floor includes the whole batch when this returns (one connection's acks are processed in
+/// order).
+async fn ack(batch: &[Message], shared: bool) {
     let Some((last, rest)) = batch.split_last() else {
         return;
     };
-    for message in rest {
+    for message in rest.iter().filter(|_| shared) {
         if let Err(error) = message.ack().await {
             // Redelivery is harmless: the writes are idempotent.
             tracing::debug!(%error, "ack failed");

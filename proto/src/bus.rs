@@ -80,17 +80,14 @@ pub async fn finish_durable(ack: jetstream::context::PublishAckFuture) -> Result
     })
 }
 
-/// Publishes an audit record; the audit stream captures it (no acknowledgement is awaited: a
-/// record costs its publisher one message to NATS).
+/// Publishes a batch of audit records; the audit stream captures it (no acknowledgement is
+/// awaited: a batch costs its publisher one message to NATS).
 pub async fn publish_audit(
     client: &async_nats::Client,
-    event: &crate::v1::AuditEvent,
+    batch: &crate::v1::AuditBatch,
 ) -> Result<(), BusError> {
     client
-        .publish(
-            subjects::audit(&event.kind),
-            Bytes::from(event.encode_to_vec()),
-        )
+        .publish(subjects::AUDIT_BATCH, Bytes::from(batch.encode_to_vec()))
         .await
         .map_err(|e| BusError::Live(e.to_string()))
 }

@@ -14,17 +14,15 @@ pub const STREAM: &str = "CHAT";
 pub const STREAM_SUBJECTS: &str = "chat.stream.>";
 /// The durable consumer of the persistence worker.
 pub const WORKER_CONSUMER: &str = "persistence-worker";
-/// The audit log's stream, and the subjects it captures (`chat.audit.<kind>`).
+/// The audit log's stream.
 pub const AUDIT_STREAM: &str = "CHAT_AUDIT";
 /// The subjects the audit stream captures.
 pub const AUDIT_SUBJECTS: &str = "chat.audit.>";
+/// The subject of the gateways' batches of audit records (`AuditBatch`). Gateways before
+/// batching published each record alone on `chat.audit.<kind>`.
+pub const AUDIT_BATCH: &str = "chat.audit.batch";
 /// The durable consumer that stores the audit log.
 pub const AUDIT_CONSUMER: &str = "audit-writer";
-
-/// The subject of an audit record of `kind`.
-pub fn audit(kind: &str) -> String {
-    format!("chat.audit.{kind}")
-}
 
 /// The queue group the workers answer requests in.
 pub const WORKER_QUEUE: &str = "persistence-worker";

@@ -75,7 +75,7 @@ pub(super) async fn create(
     let shared = &api.gateway.shared;
     let created = shared.worker.create(request).await?;
     let record = actor.audit("conversation.create", &created.created_by, &created.id);
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok((StatusCode::CREATED, conversation(&created)))
 }
 
@@ -114,7 +114,7 @@ pub(super) async fn add_participant(
     );
     let shared = &api.gateway.shared;
     let joined = shared.worker.join(request).await?;
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok(conversation(&joined))
 }
 
@@ -136,7 +136,7 @@ pub(super) async fn remove_participant(
     );
     let shared = &api.gateway.shared;
     let left = shared.worker.leave(request).await?;
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok(conversation(&left))
 }
 
@@ -161,7 +161,7 @@ pub(super) async fn ban(
     record.detail = audit::ban_detail(&request);
     let shared = &api.gateway.shared;
     shared.worker.ban(request).await?;
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok(Json(json!({})))
 }
 
@@ -174,6 +174,6 @@ pub(super) async fn unban(
     validation::user_id(&user_id)?;
     let shared = &api.gateway.shared;
     shared.worker.unban(&id, &user_id).await?;
-    audit::record(shared, actor.audit("unban", &user_id, &id)).await;
+    shared.audit.record(actor.audit("unban", &user_id, &id));
     Ok(Json(json!({})))
 }

@@ -65,7 +65,7 @@ pub(super) async fn create(
     message.created_at_ms = now_ms();
     let message = publish::create_message(shared, message).await?;
     let record = audit::message_event("message.create", &actor.0, &message);
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "message": MessageJson::from(&message) })),
@@ -98,6 +98,6 @@ pub(super) async fn delete(
     )
     .await?;
     let record = audit::message_event("message.delete", &actor.0, &message);
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok(Json(json!({})))
 }

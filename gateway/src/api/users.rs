@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Actor, Api, ApiError, Query};
-use crate::audit;
 use crate::error::RequestError;
 use crate::{presence, validation};
 
@@ -75,7 +74,7 @@ pub(super) async fn disconnect(
     bus::publish_user(&shared.client, &event, None)
         .await
         .map_err(|_| RequestError::unavailable())?;
-    audit::record(shared, record).await;
+    shared.audit.record(record);
     Ok(Json(json!({})))
 }
 

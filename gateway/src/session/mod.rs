@@ -168,9 +168,9 @@ impl Session {
         audit::event(kind, &self.identity.user_id, user_id, conversation_id)
     }
 
-    /// Publishes an audit record.
-    async fn record(&self, event: AuditEvent) {
-        audit::record(&self.gateway.shared, event).await;
+    /// Records an audit event.
+    fn record(&self, event: AuditEvent) {
+        self.gateway.shared.audit.record(event);
     }
 
     /// Ends a session that was open: winds it down ([`Session::finish`]) and records the
@@ -187,7 +187,7 @@ impl Session {
             .map(|reason| reason.code().to_string())
             .unwrap_or_default();
         self.finish(pending).await;
-        audit::record(&shared, record).await;
+        shared.audit.record(record);
     }
 
     /// Winds the session down: answers the sends under way (they may already be durable), stops

@@ -192,7 +192,7 @@ async fn open_session(
     }
     let mut record = session.audit("connect", &session.identity.user_id, "");
     record.address = address.to_string();
-    session.record(record).await;
+    session.record(record);
     Some(session)
 }
 

@@ -110,7 +110,7 @@ impl Session {
         shared.metrics.message_stored(took);
         let message = publish::announce_created(shared, message, stored, trace.as_ref()).await;
         let record = audit::message_event("message.create", &self.identity.user_id, &message);
-        self.record(record).await;
+        self.record(record);
         if let Some(id) = request_id {
             let data = client::MessageData {
                 message: MessageJson::from(&message),
@@ -160,7 +160,7 @@ impl Session {
         )
         .await?;
         let record = audit::message_event("message.edit", &self.identity.user_id, &message);
-        self.record(record).await;
+        self.record(record);
         message.content = data.content;
         message.edited_at_ms = Some(edited_at_ms);
         Ok(Reply::Ack(
@@ -184,7 +184,7 @@ impl Session {
         )
         .await?;
         let record = audit::message_event("message.delete", &self.identity.user_id, &message);
-        self.record(record).await;
+        self.record(record);
         Ok(Reply::Ack(json!({})))
     }
 

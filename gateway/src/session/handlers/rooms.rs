@@ -42,7 +42,7 @@ impl Session {
             &self.identity.user_id,
             &conversation.id,
         );
-        self.record(record).await;
+        self.record(record);
         self.join_local(&conversation).await
     }
 
@@ -72,8 +72,7 @@ impl Session {
             by_server: false,
         };
         let conversation = shared.worker.join(request).await?;
-        self.record(self.audit("join", &self.identity.user_id, &conversation.id))
-            .await;
+        self.record(self.audit("join", &self.identity.user_id, &conversation.id));
         self.join_local(&conversation).await
     }
 
@@ -88,8 +87,7 @@ impl Session {
         shared
             .hub
             .leave_user(&self.identity.user_id, &data.conversation_id);
-        self.record(self.audit("leave", &self.identity.user_id, &data.conversation_id))
-            .await;
+        self.record(self.audit("leave", &self.identity.user_id, &data.conversation_id));
         Ok(Reply::Ack(json!({})))
     }
 
@@ -154,7 +152,7 @@ impl Session {
             };
             worker.leave(request).await?
         };
-        self.record(record).await;
+        self.record(record);
         Ok(Reply::Ack(
             json!({ "conversation": ConversationJson::from(&conversation) }),
         ))
@@ -174,7 +172,7 @@ impl Session {
         let mut record = self.audit("ban", &request.user_id, &request.conversation_id);
         record.detail = audit::ban_detail(&request);
         self.gateway.shared.worker.ban(request).await?;
-        self.record(record).await;
+        self.record(record);
         Ok(Reply::Ack(json!({})))
     }
 
@@ -186,8 +184,7 @@ impl Session {
         self.require_member(&data.conversation_id).await?;
         let worker = &self.gateway.shared.worker;
         worker.unban(&data.conversation_id, &data.user_id).await?;
-        self.record(self.audit("unban", &data.user_id, &data.conversation_id))
-            .await;
+        self.record(self.audit("unban", &data.user_id, &data.conversation_id));
         Ok(Reply::Ack(json!({})))
     }
 
