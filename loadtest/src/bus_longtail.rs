@@ -50,16 +50,31 @@ pub(crate) struct Options {
 
 const REPUBLISHED: &str = "bench.republished.>";
 
-/// The worker's stream settings, for a benchmark's own stream.
-pub(crate) fn bench_stream_settings() -> chat_persistence_worker::stream::StreamSettings {
-    chat_persistence_worker::stream::StreamSettings {
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        max_bytes: 8 * 1024 * 1024 * 1024,
-        dedup_window: Duration::from_secs(120),
-        replicas: 1,
-        audit_retention: Duration::from_secs(90 * 24 * 3600),
-        audit_max_bytes: 1024 * 1024 * 1024,
-    }
+/// Connects to `nats_url` and makes the stream `CHAT` anew, configured as the worker makes it
+/// (`republish`: with that RePublish); the client, and its JetStream context.
+pub(crate) async fn fresh_stream(
+    nats_url: &str,
+    republish: Option<Republish>,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .context("failed to connect to NATS")?;
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream(subjects::STREAM).await;
+    let mut config =
+        chat_persistence_worker::stream::config(&chat_persistence_worker::stream::StreamSettings {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 8 * 1024 * 1024 * 1024,
+            dedup_window: Duration::from_secs(120),
+            replicas: 1,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            audit_max_bytes: 1024 * 1024 * 1024,
+        });
+    config.republish = republish;
+    js.create_stream(config)
+        .await
+        .context("failed to create the stream")?;
+    Ok((client, js))
 }
 
 pub(crate) fn event(conversation_id: String, content: String) -> ConversationEvent {
@@ -88,22 +103,12 @@ struct Class {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let client = async_nats::connect(&options.nats_url)
-        .await
-        .context("failed to connect to NATS")?;
-    let js = jetstream::new(client.clone());
-    let _ = js.delete_stream(subjects::STREAM).await;
-    let mut config = chat_persistence_worker::stream::config(&bench_stream_settings());
-    if options.republish {
-        config.republish = Some(Republish {
-            source: subjects::STREAM_SUBJECTS.to_owned(),
-            destination: REPUBLISHED.to_owned(),
-            headers_only: false,
-        });
-    }
-    js.create_stream(config)
-        .await
-        .context("failed to create the stream")?;
+    let republish = options.republish.then(|| Republish {
+        source: subjects::STREAM_SUBJECTS.to_owned(),
+        destination: REPUBLISHED.to_owned(),
+        headers_only: false,
+    });
+    let (client, js) = fresh_stream(&options.nats_url, republish).await?;
 
     fill(
         &js,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
 use chat_proto::subjects;
 use futures_util::StreamExt;
@@ -37,16 +37,7 @@ pub(crate) struct Options {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let client = async_nats::connect(&options.nats_url)
-        .await
-        .context("failed to connect to NATS")?;
-    let js = jetstream::new(client.clone());
-    let _ = js.delete_stream(subjects::STREAM).await;
-    js.create_stream(chat_persistence_worker::stream::config(
-        &crate::bus_longtail::bench_stream_settings(),
-    ))
-    .await
-    .context("failed to create the stream")?;
+    let (_client, js) = crate::bus_longtail::fresh_stream(&options.nats_url, None).await?;
     let conversations: Vec<String> = (0..options.conversations)
         .map(|i| format!("bench-{i:04}"))
         .collect();
