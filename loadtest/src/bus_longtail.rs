@@ -141,7 +141,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let delivery_subject = if options.republish {
         "bench.republished.conv.*".to_owned()
     } else {
-        "chat.live.conv.*".to_owned()
+        "chat.live.conv.>".to_owned()
     };
     let mut deliveries = client.subscribe(delivery_subject).await?;
     client.flush().await?;

@@ -329,30 +329,28 @@ fn load_conversation(
     conversation_id: &str,
     max_participants: u32,
 ) -> Result<Option<StoredConversation>, StoreError> {
+    // Cached statements: a socket's connect loads each of its conversations.
     let row = connection
-        .query_row(
+        .prepare_cached(
             "SELECT title, private, password_hash, created_by, created_at_ms
              FROM conversations WHERE id = ?1",
-            params![conversation_id],
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, bool>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            },
-        )
+        )?
+        .query_row(params![conversation_id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })
         .optional()?;
     let Some((title, private, password_hash, created_by, created_at_ms)) = row else {
         return Ok(None);
     };
-    let num_participants: u32 = connection.query_row(
-        "SELECT COUNT(*) FROM members WHERE conversation_id = ?1 AND active = 1",
-        params![conversation_id],
-        |row| row.get(0),
-    )?;
+    let num_participants: u32 = connection
+        .prepare_cached("SELECT COUNT(*) FROM members WHERE conversation_id = ?1 AND active = 1")?
+        .query_row(params![conversation_id], |row| row.get(0))?;
     let mut statement = connection.prepare_cached(
         "SELECT user_id FROM members WHERE conversation_id = ?1 AND active = 1
          ORDER BY user_id LIMIT ?2",
@@ -530,11 +528,10 @@ impl Store for SqliteStore {
         let (user_id, conversation_id) = (user_id.to_owned(), conversation_id.to_owned());
         self.with(move |c| {
             let active: Option<bool> = c
-                .query_row(
+                .prepare_cached(
                     "SELECT active FROM members WHERE conversation_id = ?1 AND user_id = ?2",
-                    params![conversation_id, user_id],
-                    |row| row.get(0),
-                )
+                )?
+                .query_row(params![conversation_id, user_id], |row| row.get(0))
                 .optional()?;
             Ok(match active {
                 Some(true) => Membership::Active,
@@ -576,6 +573,8 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Conversation>, StoreError> {
         let user_id = user_id.to_owned();
         self.with(move |c| {
+            // One read transaction for all the queries: one lock of the file, not one each.
+            let c = c.transaction()?;
             let ids = {
                 let mut statement = c.prepare_cached(
                     "SELECT m.conversation_id FROM members m
@@ -588,7 +587,7 @@ impl Store for SqliteStore {
             };
             let mut conversations = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(stored) = load_conversation(c, &id, LISTED_PARTICIPANTS)? {
+                if let Some(stored) = load_conversation(&c, &id, LISTED_PARTICIPANTS)? {
                     conversations.push(stored.conversation);
                 }
             }
