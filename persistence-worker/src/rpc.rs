@@ -196,12 +196,10 @@ impl<S: Store> Handlers<S> {
                     .await?;
                 let mut size = 0;
                 conversations.retain(|c| {
-                    // With room for a read marker.
-                    size += c.encoded_len() + 8 + 11;
+                    // With its field's tag and length.
+                    size += c.encoded_len() + 8;
                     size <= self.max_reply_bytes
                 });
-                self.add_read_markers(&r.user_id, &mut conversations)
-                    .await?;
                 v1::ListConversationsReply { conversations }.encode_to_vec()
             }
             rpc::CONVERSATION_INFO => {

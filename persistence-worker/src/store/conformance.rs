@@ -249,6 +249,11 @@ async fn membership_follows_the_newest_change<S: Store>(store: &S) {
     let bobs: Vec<_> = store.conversations_of("bob", 10).await.unwrap();
     assert_eq!(bobs.len(), 1);
     assert_eq!(bobs[0].id, c);
+    assert_eq!(bobs[0].last_read_message_id, None, "nothing read yet");
+    store.mark_read("bob", c, 402).await.unwrap();
+    store.mark_read("alice", c, 404).await.unwrap();
+    let bobs = store.conversations_of("bob", 10).await.unwrap();
+    assert_eq!(bobs[0].last_read_message_id, Some(402), "bob's own marker");
     store.apply(vec![removed(405)], None).await.unwrap();
     assert_eq!(store.membership("bob", c).await.unwrap(), Membership::Left);
     assert!(store.conversations_of("bob", 10).await.unwrap().is_empty());

@@ -647,11 +647,17 @@ impl Store for CqlStore {
         }
         // Newest first, as the SQLite store answers.
         found.sort_by_key(|(_, seq)| std::cmp::Reverse(*seq));
-        Ok(found
+        let mut conversations: Vec<Conversation> = found
             .into_iter()
             .take(limit as usize)
             .map(|(stored, _)| stored.conversation)
-            .collect())
+            .collect();
+        let listed: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
+        let markers = self.read_markers(user_id, &listed).await?;
+        for conversation in &mut conversations {
+            conversation.last_read_message_id = markers.get(&conversation.id).copied();
+        }
+        Ok(conversations)
     }
 
     async fn history(

@@ -177,7 +177,8 @@ pub trait Store: Send + Sync + 'static {
         max_participants: u32,
     ) -> impl Future<Output = Result<Option<StoredConversation>, StoreError>> + Send;
 
-    /// The conversations a user is a member of, newest first, at most `limit`.
+    /// The conversations a user is a member of, newest first, at most `limit`, each with the
+    /// user's read marker (the list a socket gets at every connect: one call).
     fn conversations_of(
         &self,
         user_id: &str,

@@ -4,20 +4,22 @@
 //! second worker on the same file is refused at once, with a message that says why (the consumer
 //! refuses one on another file: see [`crate::consumer`]).
 //!
-//! Queries run on the blocking pool, never on the async workers. The schema is versioned with
+//! Queries run on the store's own thread, which owns the connection, in the order they are
+//! asked; never on the async workers. The schema is versioned with
 //! `PRAGMA user_version`; [`MIGRATIONS`] are applied in order at open.
 
 mod export;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chat_proto::v1::conversation_event::Kind;
 use chat_proto::v1::{
     AuditEvent, AuditPage, AuditQuery, ChatMessage, Conversation, ConversationEvent,
 };
 use prost::Message as _;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 pub use export::Exported;
@@ -117,12 +119,41 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Prepared statements a connection keeps.
+const STATEMENT_CACHE: usize = 64;
+
+/// Store calls that wait for the store's thread at most, beyond which callers wait their turn.
+const QUEUED_CALLS: usize = 1_024;
+
+/// A store call, run on the store's thread with its connection.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
 /// The SQLite store; a cheap `Clone` handle.
 #[derive(Clone)]
 pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
-    /// Held while any handle lives: released when the last one is dropped.
-    _lock: Arc<std::fs::File>,
+    thread: Arc<StoreThread>,
+}
+
+/// The thread that owns the connection and runs the store's calls one after another (the one
+/// connection serializes them anyway: a thread of its own spares each call a hop through the
+/// blocking pool and a contended lock). It ends when the last handle is dropped: the drop
+/// waits for the calls queued, closes the connection, then releases the store's lock.
+struct StoreThread {
+    jobs: Option<tokio::sync::mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StoreThread {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Task("the store's thread has stopped (a store call panicked)".into())
 }
 
 impl SqliteStore {
@@ -134,27 +165,47 @@ impl SqliteStore {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement the store prepares (about 30): with rusqlite's default of 16,
+        // a connect's list and the audit records written meanwhile evict each other's, and each
+        // is parsed and planned again.
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Plans that do not depend on bound values: otherwise SQLite prepares a statement with a
+        // bound LIMIT (the conversation list, its participants, history pages) again at every
+        // run, a parse and a plan each time.
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         migrate(&mut connection)?;
+        let (jobs, mut queued) = tokio::sync::mpsc::channel::<Job>(QUEUED_CALLS);
+        let handle = std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || {
+                while let Some(job) = queued.blocking_recv() {
+                    job(&mut connection);
+                }
+                drop(connection);
+                drop(lock);
+            })
+            .map_err(StoreError::database)?;
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-            _lock: Arc::new(lock),
+            thread: Arc::new(StoreThread {
+                jobs: Some(jobs),
+                handle: Some(handle),
+            }),
         })
     }
 
+    /// Runs `query` on the store's thread, after the calls asked before it.
     async fn with<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let connection = Arc::clone(&self.connection);
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection
-                .lock()
-                .map_err(|_| StoreError::Task("a store query panicked".into()))?;
-            query(&mut connection)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        let jobs = self.thread.jobs.as_ref().ok_or_else(stopped)?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            let _ = answer.send(query(connection));
+        });
+        jobs.send(job).await.map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 }
 
@@ -575,20 +626,27 @@ impl Store for SqliteStore {
         self.with(move |c| {
             // One read transaction for all the queries: one lock of the file, not one each.
             let c = c.transaction()?;
-            let ids = {
+            let listed = {
                 let mut statement = c.prepare_cached(
-                    "SELECT m.conversation_id FROM members m
+                    "SELECT m.conversation_id, r.message_id FROM members m
                      JOIN conversations v ON v.id = m.conversation_id
+                     LEFT JOIN read_markers r
+                       ON r.user_id = m.user_id AND r.conversation_id = m.conversation_id
                      WHERE m.user_id = ?1 AND m.active = 1 ORDER BY v.seq DESC LIMIT ?2",
                 )?;
                 statement
-                    .query_map(params![user_id, limit], |row| row.get::<_, String>(0))?
+                    .query_map(params![user_id, limit], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, Option<i64>>(1)?))
+                    })?
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let mut conversations = Vec::with_capacity(ids.len());
-            for id in ids {
+            let mut conversations = Vec::with_capacity(listed.len());
+            for (id, marker) in listed {
                 if let Some(stored) = load_conversation(&c, &id, LISTED_PARTICIPANTS)? {
-                    conversations.push(stored.conversation);
+                    let mut conversation = stored.conversation;
+                    conversation.last_read_message_id =
+                        marker.map(|m| u64::try_from(m).unwrap_or(0));
+                    conversations.push(conversation);
                 }
             }
             Ok(conversations)
