@@ -81,7 +81,8 @@ start_cluster() {
 # Ctrl-C, and every process gone.
 stop_cluster() {
   kill -INT -- "-$cluster"
-  within 200 bash -c "! kill -0 $cluster 2>/dev/null" || fail "Ctrl-C did not stop the cluster"
+  within 200 bash -c "! kill -0 $cluster 2>/dev/null" ||
+    fail "Ctrl-C did not stop the cluster; still running: $(ps -o pid=,args= -p "$cluster,${pids//$'\n'/,}" | tr '\n' ';')"
   for pid in $pids; do
     within 100 bash -c "! kill -0 $pid 2>/dev/null" || fail "process $pid outlived Ctrl-C"
   done
