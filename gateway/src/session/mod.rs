@@ -1,10 +1,11 @@
 //! One client connection, from the upgrade to the close.
 //!
 //! [`serve`] runs a connection's life in order: the upgrade ([`upgrade`]), opening the session
-//! ([`open`]: authentication, admission, rooms, resume), the request loop ([`request_loop`]:
-//! frames in, timers), and the wind-down ([`Session::finish`]). The connection's task owns the
-//! session's state; the writer task ([`crate::socket::writer`]) owns the write half and drains the
-//! socket's bounded outbox. Requests are decoded once ([`crate::request`]) and handled one at a
+//! ([`open`]: authentication, admission, rooms, resume) on the whole socket, its opening frames
+//! in one write, the request loop ([`request_loop`]: frames in, timers), and the wind-down
+//! ([`Session::finish`]). The connection's task owns the session's state; the writer task
+//! ([`crate::socket::writer`]), started once the session is open, owns the write half and
+//! drains the socket's bounded outbox. Requests are decoded once ([`crate::request`]) and handled one at a
 //! time by [`handlers`], one module per family, except `message:send`, whose stream
 //! acknowledgements are awaited in order while the next requests are read (a socket's sends are
 //! published in the order it sent them, and acked in that order).
@@ -24,10 +25,11 @@ use std::time::Duration;
 
 use chat_proto::timestamp::now_ms;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -114,16 +116,26 @@ pub async fn serve(
                 return;
             }
         };
-        let (sink, frames) = ws.split();
         let config = &gateway.shared.settings.config;
         let outbox = Arc::new(Outbox::new(
             config.outbox_frames,
             config.slow_consumer_grace,
         ));
         let eviction = Arc::new(Eviction::default());
+        // Boxed, with the whole socket: only its halves stay in an idle socket's task.
+        let opening = open_whole(gateway, ws, upgrade, &outbox, &eviction);
+        let Some((session, (sink, frames))) = Box::pin(opening).await else {
+            return;
+        };
         let writer = writer::write_loop(sink, Arc::clone(&outbox), Arc::clone(&eviction));
         let mut writer = tokio::spawn(writer);
-        run(gateway, frames, upgrade, outbox, eviction, shutdown).await;
+        // Served here, not in a function of its own: a session moved into another future
+        // would take its room twice in every idle socket's task.
+        if let Some(mut session) = session {
+            let (mut frames, mut pending) = (frames, FuturesOrdered::new());
+            session.serve(&mut frames, &mut pending, shutdown).await;
+            Box::pin(session.end(pending)).await;
+        }
         // The writer delivers what it holds within the close linger; then it is ended.
         if tokio::time::timeout(CLOSE_LINGER + Duration::from_secs(1), &mut writer)
             .await
@@ -136,21 +148,45 @@ pub async fn serve(
     .await;
 }
 
-/// Opens the session on `frames` (its pushes go to `outbox`), serves it, and winds it down.
-async fn run(
+/// A socket split between its reader and its writer.
+type Halves = (
+    SplitSink<WebSocketStream<TcpStream>, Message>,
+    SplitStream<WebSocketStream<TcpStream>>,
+);
+
+/// Opens the session on the whole socket, writes its opening frames in one write on it
+/// ([`writer::write_opening`]), then splits it: the session (`None` when refused: the outbox
+/// holds why) and the halves; nothing when the opening could not be written (the session is
+/// ended and the socket dropped, perhaps mid-frame).
+async fn open_whole(
     gateway: Gateway,
-    mut frames: impl Frames,
+    mut ws: WebSocketStream<TcpStream>,
     upgrade: upgrade::Upgrade,
-    outbox: Arc<Outbox>,
-    eviction: Arc<Eviction>,
-    shutdown: CancellationToken,
-) {
-    let opened = Box::pin(open::open(gateway, &mut frames, upgrade, outbox, eviction)).await;
-    if let Some(mut session) = opened {
-        let mut pending = FuturesOrdered::new();
-        session.serve(&mut frames, &mut pending, shutdown).await;
-        Box::pin(session.end(pending)).await;
-    }
+    outbox: &Arc<Outbox>,
+    eviction: &Arc<Eviction>,
+) -> Option<(Option<Session>, Halves)> {
+    let opened = open::open(
+        gateway,
+        &mut ws,
+        upgrade,
+        Arc::clone(outbox),
+        Arc::clone(eviction),
+    );
+    let session = match Box::pin(opened).await {
+        Some(session) => {
+            let written = writer::write_opening(&mut ws, outbox);
+            match tokio::time::timeout(CLOSE_LINGER, written).await {
+                Ok(Ok(())) => Some(session),
+                failed => {
+                    tracing::debug!(?failed, "the opening frames were not written");
+                    Box::pin(session.end(FuturesOrdered::new())).await;
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
+    Some((session, ws.split()))
 }
 
 impl Session {

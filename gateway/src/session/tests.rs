@@ -62,14 +62,22 @@ fn drive_with(bench: &Bench, user: Option<&str>, resume: bool) -> Driven {
         resume,
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(
+    let (gateway, queued, until) = (
         bench.node.gateway.clone(),
-        stream,
-        upgrade,
         Arc::clone(&outbox),
-        Arc::new(Eviction::default()),
         shutdown.clone(),
-    ));
+    );
+    // As `serve` runs a socket, the outbox read here instead of written to a socket.
+    let task = tokio::spawn(async move {
+        let mut stream = stream;
+        let eviction = Arc::new(Eviction::default());
+        if let Some(mut session) = open::open(gateway, &mut stream, upgrade, queued, eviction).await
+        {
+            let mut pending = FuturesOrdered::new();
+            session.serve(&mut stream, &mut pending, until).await;
+            session.end(pending).await;
+        }
+    });
     Driven {
         frames: Some(frames),
         outbox,

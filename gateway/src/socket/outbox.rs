@@ -152,16 +152,34 @@ impl Outbox {
 
     /// The next item if there is one (while held, the next that is not a conversation event).
     pub fn try_pop(&self) -> Option<Outbound> {
+        self.pop_if(|_| true)
+    }
+
+    /// The next item's frame if it is text (a frame or an event), as [`Outbox::try_pop`] would
+    /// give it; anything else stays.
+    pub fn try_pop_text(&self) -> Option<Utf8Bytes> {
+        let text = |item: &Outbound| matches!(item, Outbound::Text(_) | Outbound::Event { .. });
+        match self.pop_if(text)? {
+            Outbound::Text(frame) | Outbound::Event { frame, .. } => Some(frame),
+            Outbound::Ping | Outbound::Close(_) => None,
+        }
+    }
+
+    /// Takes the next item when `wanted` says so.
+    fn pop_if(&self, wanted: impl FnOnce(&Outbound) -> bool) -> Option<Outbound> {
         let mut queue = self.queue.lock().expect("outbox lock poisoned");
         let items = &mut queue.items;
-        let item = if self.holds.load(Ordering::Acquire) > 0 {
-            let next = items
+        let next = if self.holds.load(Ordering::Acquire) > 0 {
+            items
                 .iter()
-                .position(|item| !matches!(item, Outbound::Event { .. }))?;
-            items.remove(next)
+                .position(|item| !matches!(item, Outbound::Event { .. }))?
         } else {
-            items.pop_front()
+            0
         };
+        if !wanted(items.get(next)?) {
+            return None;
+        }
+        let item = items.remove(next);
         if items.is_empty() {
             // An idle socket keeps no slots (four would be 224 bytes in each).
             *items = VecDeque::new();

@@ -1,11 +1,15 @@
 //! A socket's writer: the task that owns the write half and drains the outbox in batches, one
 //! flush (one system call) per batch, until the session closes it, the peer goes, or the socket
-//! is evicted. Generic over the sink, so it runs without a network in tests.
+//! is evicted. Generic over the sink, so it runs without a network in tests. Before it starts,
+//! the frames of the session's opening go out on the whole socket ([`write_opening`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -19,8 +23,6 @@ use crate::error::CloseReason;
 const WRITE_BATCH: usize = 64;
 /// How long an evicted socket's writer keeps trying to deliver what it holds and the close frame.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(3);
-/// Largest fragment of a socket's first frame (see [`write_frames`]).
-const FIRST_FRAGMENT: usize = 256;
 
 /// How a socket's writer ends.
 enum WriterEnd {
@@ -66,24 +68,28 @@ where
     .await;
 }
 
-/// Sends a text frame in fragments of at most [`FIRST_FRAGMENT`] bytes, each flushed on its own
-/// (a client's WebSocket library joins them).
-async fn send_fragmented<S>(sink: &mut S, text: Utf8Bytes) -> Result<(), tungstenite::Error>
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    let bytes = bytes::Bytes::from(text);
-    let mut at = 0;
-    while at < bytes.len() {
-        let end = (at + FIRST_FRAGMENT).min(bytes.len());
-        let opcode = if at == 0 { Data::Text } else { Data::Continue };
-        let fragment = Frame::message(
-            bytes.slice(at..end),
-            OpCode::Data(opcode),
-            end == bytes.len(),
-        );
-        sink.send(Message::Frame(fragment)).await?;
-        at = end;
+/// Writes the text frames that `outbox` holds as a session opens (its `connected` answer, the
+/// largest frame an idle socket gets, about 1.2 KiB with four rooms) in one write on the socket
+/// itself, before the socket is split. Through tungstenite, whose write buffer keeps the largest
+/// size it ever held, each idle socket would keep that frame's size for its life; sent in small
+/// fragments instead, it took a system call each. Anything else queued is left to the writer.
+pub async fn write_opening(
+    ws: &mut WebSocketStream<TcpStream>,
+    outbox: &Outbox,
+) -> Result<(), tungstenite::Error> {
+    // What tungstenite has pending (a pong) goes first: its buffer is then empty, and the bytes
+    // written here follow whole frames.
+    ws.flush().await?;
+    let mut bytes = Vec::new();
+    for _ in 0..WRITE_BATCH {
+        let Some(text) = outbox.try_pop_text() else {
+            break;
+        };
+        Frame::message(bytes::Bytes::from(text), OpCode::Data(Data::Text), true)
+            .format(&mut bytes)?;
+    }
+    if !bytes.is_empty() {
+        ws.get_mut().write_all(&bytes).await?;
     }
     Ok(())
 }
@@ -96,10 +102,6 @@ where
     // Built once: a future made anew on every turn of the loop costs a registration each time.
     let evicted = eviction.evicted();
     tokio::pin!(evicted);
-    // The first frame (`connected`, the largest an idle socket gets, about 1.2 KiB with four
-    // rooms) goes out alone and in fragments: tungstenite keeps its write buffer at the largest
-    // size it ever reached, and an idle socket then keeps only a fragment's size.
-    let mut batch = 1;
     loop {
         let first = tokio::select! {
             biased;
@@ -109,15 +111,11 @@ where
         let Some(first) = first else {
             return WriterEnd::Drained;
         };
-        let limit = std::mem::replace(&mut batch, WRITE_BATCH);
         let write = Box::pin(async {
             let mut next = Some(first);
             let mut written = 0;
             while let Some(item) = next.take() {
                 match item {
-                    Outbound::Text(text) if limit == 1 && text.len() > FIRST_FRAGMENT => {
-                        send_fragmented(sink, text).await?;
-                    }
                     Outbound::Text(text) | Outbound::Event { frame: text, .. } => {
                         sink.feed(Message::Text(text)).await?
                     }
@@ -128,7 +126,7 @@ where
                     }
                 }
                 written += 1;
-                if written < limit {
+                if written < WRITE_BATCH {
                     next = outbox.try_pop();
                 }
             }
@@ -174,13 +172,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_frame_goes_in_fragments_then_batches_then_the_close() {
+    async fn frames_go_in_order_then_the_close() {
         let outbox = Arc::new(Outbox::new(16, Duration::from_secs(5)));
         let eviction = Arc::new(Eviction::default());
-        let first = "x".repeat(FIRST_FRAGMENT * 2 + 10);
-        outbox
-            .try_push(Outbound::Text(first.clone().into()))
-            .unwrap();
         for i in 0..3 {
             let frame = format!("frame {i}");
             outbox.try_push(Outbound::Text(frame.into())).unwrap();
@@ -191,12 +185,7 @@ mod tests {
         let (sink, rx) = channel_sink();
         write_loop(sink, outbox, eviction).await;
         let received = received(rx).await;
-        let fragments = received
-            .iter()
-            .take_while(|m| matches!(m, Message::Frame(_)))
-            .count();
-        assert_eq!(fragments, 3, "{} bytes in 256-byte fragments", first.len());
-        let texts: Vec<&str> = received[fragments..]
+        let texts: Vec<&str> = received
             .iter()
             .filter_map(|m| match m {
                 Message::Text(t) => Some(t.as_str()),
@@ -208,6 +197,42 @@ mod tests {
             panic!("ends with a close: {received:?}");
         };
         assert_eq!(u16::from(close.code), 1012);
+    }
+
+    #[tokio::test]
+    async fn the_opening_frames_reach_a_client_whole_and_the_rest_waits_for_the_writer() {
+        use futures_util::StreamExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        let (client, server) = tokio::join!(tokio_tungstenite::connect_async(url), async {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(stream).await.unwrap()
+        });
+        let (mut client, _) = client.unwrap();
+        let mut server = server;
+        let outbox = Outbox::new(16, Duration::from_secs(5));
+        // A `connected` answer larger than a TCP segment on most links, then a push.
+        let connected = format!(r#"{{"event":"connected","data":"{}"}}"#, "r".repeat(3_000));
+        for frame in [connected.as_str(), "push", "after the ping"] {
+            outbox.try_push(Outbound::Text(frame.into())).unwrap();
+            if frame == "push" {
+                outbox.try_push(Outbound::Ping).unwrap();
+            }
+        }
+        write_opening(&mut server, &outbox).await.unwrap();
+        for expected in [connected.as_str(), "push"] {
+            let message = client.next().await.unwrap().unwrap();
+            assert_eq!(message, Message::Text(expected.into()));
+        }
+        assert!(matches!(outbox.try_pop(), Some(Outbound::Ping)), "left");
+        assert!(
+            matches!(outbox.try_pop(), Some(Outbound::Text(t)) if t == "after the ping"),
+            "left, in order"
+        );
+        // The socket goes on as a WebSocket: what tungstenite writes next is read whole.
+        server.send(Message::Text("next".into())).await.unwrap();
+        let next = client.next().await.unwrap().unwrap();
+        assert_eq!(next, Message::Text("next".into()));
     }
 
     #[tokio::test]
