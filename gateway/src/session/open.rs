@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use chat_proto::client::{self, ConversationJson, ResumeData};
 use chat_proto::timestamp::{iso8601, now_ms};
+use chat_proto::v1;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use serde_json::json;
@@ -170,11 +171,11 @@ async fn open_session(
     let replay = match resume {
         Resume::Replay { positions, .. } => {
             let (report, replay) = session.replay(&positions).await;
-            payload["resume"] = report;
+            payload.resume = Some(report);
             Some(replay)
         }
         Resume::Refused(message) => {
-            payload["resume"] = json!({ "recovered": false, "error": message });
+            payload.resume = Some(json!({ "recovered": false, "error": message }));
             None
         }
         Resume::Awaited => {
@@ -283,9 +284,34 @@ async fn authenticate(
     }
 }
 
+/// The `connected` answer's data: serialized straight into the frame (built as a JSON value,
+/// its rooms were copied into a tree of maps first, the largest cost of a connect's answer).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Connected {
+    user_id: String,
+    session_id: String,
+    #[serde(serialize_with = "rooms_json")]
+    rooms: Vec<v1::Conversation>,
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume_token: Option<String>,
+    /// What a resume recovered (`{recovered, conversations}` or `{recovered, error}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) resume: Option<serde_json::Value>,
+}
+
+/// The rooms as the protocol shows them.
+fn rooms_json<S: serde::Serializer>(
+    rooms: &[v1::Conversation],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(rooms.iter().map(ConversationJson::from))
+}
+
 impl Session {
     /// The `connected` payload, once the socket is in every room of its user.
-    pub(super) async fn connected(&self) -> Result<serde_json::Value, RequestError> {
+    pub(super) async fn connected(&self) -> Result<Connected, RequestError> {
         let shared = &self.gateway.shared;
         let rooms = shared
             .worker
@@ -296,17 +322,19 @@ impl Session {
             joined?;
         }
         shared.hub.tell_router_conversations(&self.identity.user_id);
-        let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
-        let mut payload = json!({
-            "userId": &*self.identity.user_id,
-            "sessionId": self.session_id,
-            "rooms": rooms,
-            "timestamp": iso8601(now_ms()),
-        });
-        if let Some(keys) = &shared.settings.resume {
-            payload["resumeToken"] = keys.mint(&self.identity.user_id, &self.session_id).into();
-        }
-        Ok(payload)
+        let resume_token = shared
+            .settings
+            .resume
+            .as_ref()
+            .map(|keys| keys.mint(&self.identity.user_id, &self.session_id));
+        Ok(Connected {
+            user_id: self.identity.user_id.to_string(),
+            session_id: self.session_id.clone(),
+            rooms,
+            timestamp: iso8601(now_ms()),
+            resume_token,
+            resume: None,
+        })
     }
 
     /// Registers the session with its router (the per-user session limit; `replaces` is the

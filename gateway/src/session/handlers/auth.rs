@@ -29,7 +29,9 @@ impl Session {
         }
         self.token_expiry = token_expiry(&identity, shared.settings.config.jwt_leeway);
         self.identity = identity;
-        Ok(Reply::Ack(self.connected().await?))
+        let connected = self.connected().await?;
+        let data = serde_json::to_value(connected).map_err(|_| RequestError::internal())?;
+        Ok(Reply::Ack(data))
     }
 
     /// `resume`, the first request of a socket that connected with `resume=1`.
