@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::password;
 use crate::store::{
-    LISTED_PARTICIPANTS, MAX_READ_PARTICIPANTS, Membership, Page, Store, StoreError, Window,
+    self, LISTED_PARTICIPANTS, MAX_READ_PARTICIPANTS, Membership, Page, Store, StoreError, Window,
 };
 
 /// Most conversations `room:list` returns.
@@ -222,8 +222,8 @@ impl<S: Store> Handlers<S> {
                     size <= self.max_reply_bytes
                 });
                 if !r.user_id.is_empty() {
-                    self.add_read_markers(&r.user_id, std::slice::from_mut(&mut conversation))
-                        .await?;
+                    let conversation = std::slice::from_mut(&mut conversation);
+                    store::add_read_markers(&self.store, &r.user_id, conversation).await?;
                 }
                 v1::ConversationInfoReply {
                     conversation: Some(conversation),
@@ -314,20 +314,6 @@ impl<S: Store> Handlers<S> {
             _ => return Err(Failure::Invalid(format!("unknown request {subject}"))),
         };
         Ok(Bytes::from(reply))
-    }
-
-    /// Sets `user_id`'s read marker on each of `conversations`.
-    async fn add_read_markers(
-        &self,
-        user_id: &str,
-        conversations: &mut [v1::Conversation],
-    ) -> Result<(), Failure> {
-        let ids: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
-        let markers = self.store.read_markers(user_id, &ids).await?;
-        for conversation in conversations {
-            conversation.last_read_message_id = markers.get(&conversation.id).copied();
-        }
-        Ok(())
     }
 
     /// Stores an event durably, applies it to the store, and announces it on the conversation.

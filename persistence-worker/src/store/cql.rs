@@ -652,11 +652,7 @@ impl Store for CqlStore {
             .take(limit as usize)
             .map(|(stored, _)| stored.conversation)
             .collect();
-        let listed: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
-        let markers = self.read_markers(user_id, &listed).await?;
-        for conversation in &mut conversations {
-            conversation.last_read_message_id = markers.get(&conversation.id).copied();
-        }
+        super::add_read_markers(self, user_id, &mut conversations).await?;
         Ok(conversations)
     }
 

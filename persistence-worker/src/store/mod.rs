@@ -109,6 +109,21 @@ pub enum Membership {
     Active,
 }
 
+/// Sets `user_id`'s read marker on each of `conversations`, from one [`Store::read_markers`]
+/// call.
+pub(crate) async fn add_read_markers<S: Store>(
+    store: &S,
+    user_id: &str,
+    conversations: &mut [Conversation],
+) -> Result<(), StoreError> {
+    let ids: Vec<String> = conversations.iter().map(|c| c.id.clone()).collect();
+    let markers = store.read_markers(user_id, &ids).await?;
+    for conversation in conversations {
+        conversation.last_read_message_id = markers.get(&conversation.id).copied();
+    }
+    Ok(())
+}
+
 /// Most audit records one query looks at: a filter that matches few of them returns a short
 /// page (or none) with `next` to go on from, rather than scanning the whole log.
 pub const AUDIT_SCAN: usize = 10_000;
