@@ -250,7 +250,7 @@ async fn a_resume_refused_for_its_data_may_be_sent_again() {
     session.request("resume", "r2", positions).await;
     let resumed = session.answer("r2").await;
     assert_eq!(resumed["event"], "ack", "{resumed}");
-    assert_eq!(resumed["data"]["recovered"], true);
+    assert_eq!(resumed["data"]["recovered"], true, "{resumed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
