@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as a new user or CI runs it on a fresh Debian/Ubuntu machine with Rust:
 # installs what the tests need (nats-server and haproxy from the OS packages; Java 17 and Maven too when a
-# Cassandra node is to be started and they are missing), then checks formatting and lints, starts
+# Cassandra node is to be started and they are missing), then checks formatting, lints and that
+# no crate's modules import each other in a loop (.ci/module-cycles.py), starts
 # the CQL server of the store tests (one Apache Cassandra 5.0 node, unless SCYLLA_URI names a
 # ScyllaDB), and runs every test. Tests start their own nats-server on free ports. Then a real
 # Prometheus (OS package) scrapes a local cluster, and a real Jaeger (Go module proxy) takes its
@@ -64,6 +65,8 @@ trap 'exit 143' TERM
 
 step "format and lints"
 cargo fmt --all --check
+.ci/module-cycles.py --self-test
+.ci/module-cycles.py gateway/src router/src persistence-worker/src proto/src loadtest/src
 cargo clippy --workspace --all-targets --locked -- -D warnings
 step "the local cluster"
 deploy/test-local-cluster.sh

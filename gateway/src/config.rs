@@ -293,7 +293,7 @@ pub enum ConfigError {
     Option(#[from] OptionError),
     /// The server API's keys file.
     #[error("--api-keys-file: {0}")]
-    ApiKeys(#[from] crate::api::KeysError),
+    ApiKeys(#[from] crate::api_keys::KeysError),
     /// The permissions file.
     #[error("--permissions-file: {0}")]
     Permissions(#[from] crate::permissions::PermissionsError),
@@ -333,9 +333,9 @@ pub struct Settings {
     /// This node's name.
     pub node_id: String,
     /// The resume tokens' key, if resume is possible.
-    pub resume: Option<crate::resume::ResumeKeys>,
+    pub resume: Option<crate::resume_token::ResumeKeys>,
     /// The server API's keys, when it listens.
-    pub api_keys: Option<crate::api::ApiKeys>,
+    pub api_keys: Option<crate::api_keys::ApiKeys>,
     /// What each role may do.
     pub permissions: crate::permissions::Permissions,
 }
@@ -595,9 +595,9 @@ impl Config {
             .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let api_keys = match &self.api_keys_file {
             Some(path) => {
-                let mut keys = crate::api::ApiKeys::load(path, false)?;
+                let mut keys = crate::api_keys::ApiKeys::load(path, false)?;
                 if let Some(admin) = &self.api_admin_keys_file {
-                    keys.extend(crate::api::ApiKeys::load(admin, true)?);
+                    keys.extend(crate::api_keys::ApiKeys::load(admin, true)?);
                 }
                 Some(keys)
             }
@@ -607,7 +607,7 @@ impl Config {
             Some(path) => crate::permissions::Permissions::load(path)?,
             None => crate::permissions::Permissions::default(),
         };
-        let resume = crate::resume::ResumeKeys::new(
+        let resume = crate::resume_token::ResumeKeys::new(
             self.resume_secret.as_deref(),
             self.jwt_secret.as_deref(),
             self.resume_ttl,

@@ -1,6 +1,8 @@
-//! Request failures and closes, and how they reach the wire: the one place where internal errors
-//! become protocol error codes ([`RequestError`]) and why a connection ends becomes a close code
-//! ([`CloseReason`]). Nothing internal is ever shown to a client.
+//! Request failures and closes, and how they reach the wire: a failed request becomes the
+//! protocol's error frame ([`RequestError`]) and why a connection ends becomes a close code
+//! ([`CloseReason`]). The crate's own error types say beside their definitions what they become
+//! (`From<…> for RequestError`), so this module depends on none of them; the bus's and the
+//! routers' errors (of `chat_proto`) are turned here. Nothing internal is ever shown to a client.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -181,44 +183,6 @@ impl CloseReason {
             Self::OverLimit
         } else {
             Self::Internal
-        }
-    }
-}
-
-impl From<crate::worker::CallError> for RequestError {
-    fn from(error: crate::worker::CallError) -> Self {
-        use crate::worker::CallError;
-        use chat_proto::v1::rpc_error::Code;
-        match error {
-            CallError::Unavailable => Self::unavailable(),
-            CallError::Rejected { code, message } => match code {
-                Code::NotFound => Self::not_found(message),
-                Code::Forbidden => Self::forbidden(message),
-                Code::Invalid => Self::invalid(message),
-                Code::Internal => Self::internal(),
-            },
-            CallError::Malformed => Self::internal(),
-        }
-    }
-}
-
-impl From<crate::history::ReadError> for RequestError {
-    fn from(error: crate::history::ReadError) -> Self {
-        use crate::history::ReadError;
-        match error {
-            ReadError::Stream => Self::unavailable(),
-            ReadError::NotFound => Self::not_found("no such message"),
-            ReadError::Worker(error) => error.into(),
-        }
-    }
-}
-
-impl From<crate::resume::ResumeError> for RequestError {
-    fn from(error: crate::resume::ResumeError) -> Self {
-        use crate::resume::ResumeError;
-        match error {
-            ResumeError::Invalid => Self::invalid(error.to_string()),
-            ResumeError::OtherUser => Self::forbidden(error.to_string()),
         }
     }
 }

@@ -12,6 +12,7 @@ pub use chat_proto::history::Window;
 use chat_proto::v1::{self, ChatMessage, ConversationEvent, conversation_event::Kind};
 use chat_proto::{bus, subjects};
 
+use crate::error::RequestError;
 use crate::worker::{CallError, WorkerClient};
 
 /// Why a read failed.
@@ -219,6 +220,17 @@ pub fn merge(
         .filter_map(|id| messages.remove(&id))
         .collect();
     (page, has_more)
+}
+
+/// How a failed read reaches the client.
+impl From<ReadError> for RequestError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Stream => Self::unavailable(),
+            ReadError::NotFound => Self::not_found("no such message"),
+            ReadError::Worker(error) => error.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod api_keys;
 mod audit;
 pub mod auth;
 pub mod config;
@@ -23,7 +24,7 @@ pub mod permissions;
 pub mod presence;
 mod publish;
 pub mod request;
-pub mod resume;
+pub mod resume_token;
 pub mod router;
 pub mod session;
 pub mod socket;

@@ -36,7 +36,7 @@ pub(crate) fn dedup_id(message: &v1::ChatMessage) -> Option<String> {
 /// its context goes with the event (NATS headers), so that the worker's write and every node's
 /// fan-out are in the same trace.
 pub(crate) fn publish_span(conversation_id: &str) -> tracing::Span {
-    crate::session::traced(|| {
+    chat_proto::telemetry::traced(|| {
         tracing::info_span!("publish", conversation_id, trace_id = tracing::field::Empty)
     })
 }

@@ -7,6 +7,8 @@ use chat_proto::subjects::rpc;
 use chat_proto::v1;
 use prost::Message;
 
+use crate::error::RequestError;
+
 /// Why a call to the worker failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -214,5 +216,22 @@ impl WorkerClient {
     pub async fn message(&self, message_id: u64) -> Result<v1::GetMessageReply, CallError> {
         self.call(rpc::GET_MESSAGE, &v1::GetMessageRequest { message_id })
             .await
+    }
+}
+
+/// How a worker's failure reaches the client.
+impl From<CallError> for RequestError {
+    fn from(error: CallError) -> Self {
+        use chat_proto::v1::rpc_error::Code;
+        match error {
+            CallError::Unavailable => Self::unavailable(),
+            CallError::Rejected { code, message } => match code {
+                Code::NotFound => Self::not_found(message),
+                Code::Forbidden => Self::forbidden(message),
+                Code::Invalid => Self::invalid(message),
+                Code::Internal => Self::internal(),
+            },
+            CallError::Malformed => Self::internal(),
+        }
     }
 }

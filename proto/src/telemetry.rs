@@ -285,9 +285,21 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// The span that `make` makes when it is kept: traces are on, and it is in a kept trace or
+/// starts one (at the sampling ratio). Its trace id is noted in its `trace_id` field, for the
+/// logs inside it. Else none: a span not kept costs nothing.
+pub fn traced(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !keep() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    record_trace_id(&span);
+    span
+}
+
 /// Whether a span made now is kept: inside a kept trace, always; else it would start a trace,
 /// kept at the sampling ratio. False when traces are off.
-pub fn keep() -> bool {
+fn keep() -> bool {
     if !enabled() {
         return false;
     }
@@ -305,7 +317,7 @@ pub fn keep() -> bool {
 }
 
 /// Notes `span`'s trace id in its `trace_id` field, for the logs inside it.
-pub fn record_trace_id(span: &tracing::Span) {
+fn record_trace_id(span: &tracing::Span) {
     let context = span.context();
     let trace = context.span().span_context().trace_id();
     span.record("trace_id", tracing::field::display(trace));

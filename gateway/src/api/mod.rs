@@ -3,13 +3,12 @@
 //! disconnects users, reads presence and the audit log, with the same effects on live sockets as
 //! the clients' own requests, on every node; what it changes goes to the audit log, by its key.
 //! Admin keys also read the [`admin`] views: the nodes, a conversation's statistics, health.
-//! Every route but the OpenAPI document needs an API key ([`keys`]); errors are
+//! Every route but the OpenAPI document needs an API key ([`crate::api_keys`]); errors are
 //! `{code, message}` with the protocol's codes and their HTTP status.
 //! The routes are documented in `openapi.json`, served at `/api/v1/openapi.json`.
 
 mod admin;
 mod conversations;
-mod keys;
 mod messages;
 mod users;
 
@@ -26,9 +25,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use keys::{ApiKeys, KeysError, MIN_KEY_CHARS};
-
 use crate::Gateway;
+use crate::api_keys::ApiKeys;
 use crate::error::RequestError;
 
 /// The OpenAPI document of the routes below.

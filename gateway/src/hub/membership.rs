@@ -4,7 +4,7 @@
 //! membership cache kept true; the router told each local user's conversations; and, after a
 //! reconnection, every local user's rooms brought in line with the store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chat_proto::client::{self, ConversationJson, Delivery};
@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Hub;
 use crate::error::CloseReason;
-use crate::resume::Replay;
 use crate::socket::SocketHandle;
+use crate::socket::outbox::Replay;
 
 impl Hub {
     pub(super) fn forget_membership(&self, user_id: &str, conversation_id: &str) {
@@ -102,11 +102,9 @@ impl Hub {
         };
         for socket in &newcomers {
             match &replay {
-                Some(replay) => socket
-                    .outbox()
-                    .release(replay.frames.clone(), replay.covered.clone()),
+                Some(replay) => socket.outbox().release(replay.clone()),
                 None => {
-                    socket.outbox().release(Vec::new(), HashMap::new());
+                    socket.outbox().release(Replay::default());
                     if !self.inner.token.is_cancelled() {
                         // Too much to replay, or the stream unreadable: the client resumes.
                         socket.evict(CloseReason::TooSlow);

@@ -16,6 +16,7 @@
 mod handlers;
 mod open;
 mod request_loop;
+pub mod resume;
 mod upgrade;
 
 use std::collections::HashMap;
@@ -239,18 +240,6 @@ impl Session {
         self.gateway.shared.hub.unregister(&self.socket);
         self.socket.outbox().close();
     }
-}
-
-/// The span that `make` makes when it is kept: traces are on, and it is in a kept trace or
-/// starts one (at the sampling ratio). Its trace id is noted for the logs inside it. Else none:
-/// a span not kept costs nothing.
-pub(crate) fn traced(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if !chat_proto::telemetry::keep() {
-        return tracing::Span::none();
-    }
-    let span = make();
-    chat_proto::telemetry::record_trace_id(&span);
-    span
 }
 
 /// When `identity`'s token expires, with the clock leeway that verification allows.

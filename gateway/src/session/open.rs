@@ -16,15 +16,15 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument as _;
 
+use super::resume;
 use super::upgrade::Upgrade;
 use super::{Frames, Session, token_expiry};
 use crate::Gateway;
 use crate::auth::{AuthError, Identity};
 use crate::error::{CloseReason, RequestError};
 use crate::request::{self, Body};
-use crate::resume;
 use crate::router::Admission;
-use crate::socket::outbox::{Outbound, Outbox};
+use crate::socket::outbox::{Outbound, Outbox, Replay};
 use crate::socket::{Eviction, SocketHandle};
 
 /// Who connected, the `auth` request's id, and what they resume.
@@ -68,8 +68,9 @@ pub(super) async fn open(
     outbox: Arc<Outbox>,
     eviction: Arc<Eviction>,
 ) -> Option<Session> {
-    let connect =
-        super::traced(|| tracing::info_span!("connect", trace_id = tracing::field::Empty));
+    let connect = chat_proto::telemetry::traced(|| {
+        tracing::info_span!("connect", trace_id = tracing::field::Empty)
+    });
     open_session(gateway, frames, upgrade, outbox, eviction)
         .instrument(connect)
         .await
@@ -355,12 +356,12 @@ impl Session {
     pub(super) async fn replay(
         &self,
         positions: &BTreeMap<String, u64>,
-    ) -> (serde_json::Value, Option<resume::Replay>) {
+    ) -> (serde_json::Value, Option<Replay>) {
         let shared = &self.gateway.shared;
         match resume::replay(&shared.reader, &shared.hub, self.socket.id, positions).await {
-            Ok(replay) => {
-                let report = json!({ "recovered": true, "conversations": replay.report });
-                (report, Some(replay))
+            Ok(recovery) => {
+                let report = json!({ "recovered": true, "conversations": recovery.report });
+                (report, Some(recovery.replay))
             }
             Err(error) => {
                 let report = json!({ "recovered": false, "error": error.message });
@@ -370,11 +371,7 @@ impl Session {
     }
 
     /// Ends the hold of conversation events, the replay first.
-    pub(super) fn release(&self, replay: Option<resume::Replay>) {
-        let outbox = self.socket.outbox();
-        match replay {
-            Some(replay) => outbox.release(replay.frames, replay.covered),
-            None => outbox.release(Vec::new(), HashMap::new()),
-        }
+    pub(super) fn release(&self, replay: Option<Replay>) {
+        self.socket.outbox().release(replay.unwrap_or_default());
     }
 }

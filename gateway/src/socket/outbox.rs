@@ -20,6 +20,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use chat_proto::client::{self, Delivery};
+use chat_proto::subjects;
+use chat_proto::v1::ConversationEvent;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -27,6 +30,38 @@ use crate::error::CloseReason;
 
 /// How many times its capacity a backed-up queue may hold during its grace.
 pub const OVERFLOW_FACTOR: usize = 4;
+
+/// Missed events read from the stream, to go out as a hold ends ([`Outbox::release`]).
+#[derive(Debug, Default, Clone)]
+pub struct Replay {
+    /// Their frames, conversation by conversation, in order.
+    pub frames: Vec<Utf8Bytes>,
+    /// Per conversation hash, the position the client has once it got `frames`.
+    pub covered: HashMap<u64, u64>,
+}
+
+impl Replay {
+    /// Adds `events`, the conversation's events after `after` in order; returns how many frames
+    /// they gave.
+    pub fn add(
+        &mut self,
+        conversation_id: &str,
+        after: u64,
+        events: &[ConversationEvent],
+    ) -> usize {
+        let mut upto = after;
+        let mut replayed = 0;
+        for event in events {
+            upto = upto.max(event.seq);
+            if let Some((frame, Delivery::Durable)) = client::conversation_push(event) {
+                self.frames.push(Utf8Bytes::from(frame));
+                replayed += 1;
+            }
+        }
+        self.covered.insert(subjects::fnv1a(conversation_id), upto);
+        replayed
+    }
+}
 
 /// What a socket's writer sends.
 #[derive(Debug)]
@@ -209,10 +244,14 @@ impl Outbox {
         self.holds.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Ends a hold: `replayed` go first (before the held events, after what was queued before
-    /// them), and a held event of a conversation at or below its position in `covered` (by
-    /// conversation hash) is dropped: the client has it, or has it in `replayed`.
-    pub fn release(&self, replayed: Vec<Utf8Bytes>, covered: HashMap<u64, u64>) {
+    /// Ends a hold: the replay's frames go first (before the held events, after what was queued
+    /// before them), and a held event of a conversation at or below its position in the replay's
+    /// `covered` is dropped: the client has it, or has it in the replay.
+    pub fn release(&self, replay: Replay) {
+        let Replay {
+            frames: replayed,
+            covered,
+        } = replay;
         {
             let mut queue = self.queue.lock().expect("outbox lock poisoned");
             if !covered.is_empty() {
@@ -281,6 +320,14 @@ mod tests {
         }
     }
 
+    /// A replay of `frames` that covers `(conversation, upto)`.
+    fn replay(frames: &[&str], (conversation, upto): (u64, u64)) -> Replay {
+        Replay {
+            frames: frames.iter().map(|f| Utf8Bytes::from(*f)).collect(),
+            covered: HashMap::from([(conversation, upto)]),
+        }
+    }
+
     fn text(item: Outbound) -> String {
         match item {
             Outbound::Text(frame) | Outbound::Event { frame, .. } => frame.to_string(),
@@ -299,8 +346,7 @@ mod tests {
         assert_eq!(text(outbox.try_pop().unwrap()), "connected");
         assert!(outbox.try_pop().is_none());
         // The replay read up to 5: the held 5 is a duplicate, 6 is new.
-        let replayed = vec![Utf8Bytes::from("e4"), Utf8Bytes::from("e5")];
-        outbox.release(replayed, HashMap::from([(7, 5)]));
+        outbox.release(replay(&["e4", "e5"], (7, 5)));
         // Still on its way live after the release: not queued twice.
         outbox.try_push(event(5)).unwrap();
         let order: Vec<String> = std::iter::from_fn(|| outbox.try_pop()).map(text).collect();
@@ -320,14 +366,11 @@ mod tests {
         outbox.hold();
         outbox.try_push(other(3)).unwrap();
         outbox.try_push(event(6)).unwrap();
-        outbox.release(
-            vec![Utf8Bytes::from("o2"), Utf8Bytes::from("o3")],
-            HashMap::from([(8, 3)]),
-        );
+        outbox.release(replay(&["o2", "o3"], (8, 3)));
         assert_eq!(text(outbox.try_pop().unwrap()), "o2");
         assert_eq!(text(outbox.try_pop().unwrap()), "o3");
         assert!(outbox.try_pop().is_none(), "still held by the resume");
-        outbox.release(vec![Utf8Bytes::from("e5")], HashMap::from([(7, 5)]));
+        outbox.release(replay(&["e5"], (7, 5)));
         // Both positions stay covered.
         outbox.try_push(other(3)).unwrap();
         outbox.try_push(event(5)).unwrap();
@@ -335,7 +378,7 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| outbox.try_pop()).map(text).collect();
         assert_eq!(order, ["e5", "e6", "o4"]);
         // A release too many ends no later hold early.
-        outbox.release(Vec::new(), HashMap::new());
+        outbox.release(Replay::default());
         outbox.hold();
         outbox.try_push(event(7)).unwrap();
         assert!(outbox.try_pop().is_none());

@@ -21,7 +21,7 @@ use super::Session;
 use crate::error::RequestError;
 use crate::permissions::Permission;
 use crate::request::{self, Body, Refusal};
-use crate::resume;
+use crate::socket::outbox::Replay;
 
 pub(super) use messages::PendingSend;
 
@@ -30,7 +30,7 @@ pub(super) enum Reply {
     /// Ack with this data now.
     Ack(serde_json::Value),
     /// Ack a resume with this data, then release the replay.
-    Resumed(serde_json::Value, Option<resume::Replay>),
+    Resumed(serde_json::Value, Option<Replay>),
     /// The answer comes when this send is acknowledged by the stream.
     Later(PendingSend),
 }
@@ -61,7 +61,7 @@ impl Session {
         };
         let request_id = request.request_id;
         let event = request.body.name();
-        let span = super::traced(|| {
+        let span = chat_proto::telemetry::traced(|| {
             tracing::info_span!("request", event, trace_id = tracing::field::Empty)
         });
         let dispatched = if !span.is_none() {
