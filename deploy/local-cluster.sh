@@ -27,6 +27,14 @@
 # storage, which is set to their sum plus 1 GiB here (not to its default, 75% of the disk free at
 # its start), so that the cluster starts on any disk; the disk must hold what is really written.
 set -euo pipefail
+# A signal ignored when bash starts cannot be trapped (a background job of a script, `nohup` and
+# some CI runners start it with SIGINT ignored), and the processes started here would inherit the
+# disposition: HAProxy would outlive Ctrl-C. Such a start runs again with INT and TERM at their
+# defaults, so that this script always stops everything it started.
+if [ -n "$(trap -p INT TERM)" ] && [ -z "${CHAT_CLUSTER_SIGNALS_RESET:-}" ]; then
+  CHAT_CLUSTER_SIGNALS_RESET=1 exec env --default-signal=INT,TERM "$0" "$@"
+fi
+unset CHAT_CLUSTER_SIGNALS_RESET
 cd "$(dirname "$0")/.."
 state=${CLUSTER_DIR:-.local/cluster}
 profile=${PROFILE:-release}
@@ -93,12 +101,25 @@ start() {
   names[$!]=$name
   echo $! >"$state/$name.pid"
 }
+# Stops every process started here: SIGTERM, gateways first (they drain), then the worker, then
+# NATS; whatever still runs after the gateways' drain and grace (5 + 10 s) gets SIGKILL, named.
 cleanup() {
   trap - EXIT INT TERM
   echo; echo "stopping…"
-  # Gateways first (they drain), then the worker, then NATS.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 20)) pid left
+  while :; do
+    left=()
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+    ((${#left[@]} && SECONDS < deadline)) || break
+    sleep 0.2
+  done
+  for pid in "${left[@]}"; do
+    echo "${names[$pid]} (pid $pid) did not stop within 20 s of SIGTERM: killed"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
+  echo "stopped"
 }
 trap cleanup EXIT
 trap 'exit 130' INT

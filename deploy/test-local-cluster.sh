@@ -3,7 +3,8 @@
 # one gateway, check that it is reported, that the rest keep serving and that the load balancer
 # sends every new connection to the live gateway, then Ctrl-C (SIGINT to its process group) and
 # check that every process is gone. Then again with `--nats-cluster 3`: the stream replicated
-# three times, one NATS server killed, the rest serving. Uses free ports and a directory of its own; PROFILE as for
+# three times, one NATS server killed, the rest serving. Then once more started with SIGINT
+# ignored: Ctrl-C still stops all. Uses free ports and a directory of its own; PROFILE as for
 # local-cluster.sh (dev here: the test binaries are built already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,11 +69,14 @@ bin=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 cargo build --profile "$PROFILE" -q --bin chat-gateway --bin chat-persistence-worker --bin chat-router
 
 # Starts the cluster with "$@" in its own process group, as a terminal gives a command (Ctrl-C
-# reaches the whole group), and waits until it runs.
+# reaches the whole group), and waits until it runs. IGNORE_INT=1: started with SIGINT ignored,
+# as a background job of a script, `nohup` or some CI runners start it.
 start_cluster() {
   : >"$log"
+  local launch=()
+  [ -z "${IGNORE_INT:-}" ] || launch=(env --ignore-signal=INT)
   set -m
-  deploy/local-cluster.sh "$@" >"$log" 2>&1 &
+  "${launch[@]}" deploy/local-cluster.sh "$@" >"$log" 2>&1 &
   cluster=$!
   set +m
   within 1200 grep -q "Chat backend running" "$log" || fail "the cluster ($*) did not start"
@@ -86,6 +90,8 @@ stop_cluster() {
   for pid in $pids; do
     within 100 bash -c "! kill -0 $pid 2>/dev/null" || fail "process $pid outlived Ctrl-C"
   done
+  grep -q "^stopping…" "$log" || fail "Ctrl-C did not say it was stopping"
+  sed -n '/^stopping…/,$p' "$log" | grep -q "keep running" && fail "a process stopped by Ctrl-C was reported as if the rest kept running"
   cluster=
 }
 
@@ -126,4 +132,11 @@ for name in nats-1 nats-3 router worker gateway-1 gateway-2 lb; do
 done
 stop_cluster
 echo "local-cluster: --nats-cluster 3 replicates the stream three times and outlives a NATS server"
-echo "local-cluster: 2 passed, 0 failed"
+
+# Started with SIGINT ignored (bash cannot trap a signal ignored at its start, and every process
+# would inherit it): Ctrl-C still stops every process, HAProxy included.
+IGNORE_INT=1 start_cluster
+upgrades "ignoring-int" || fail "connection through the load balancer refused (started with SIGINT ignored)"
+stop_cluster
+echo "local-cluster: started with SIGINT ignored, Ctrl-C still stops every process"
+echo "local-cluster: 3 passed, 0 failed"
