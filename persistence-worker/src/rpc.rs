@@ -329,14 +329,27 @@ impl<S: Store> Handlers<S> {
     }
 
     /// Tells the routers that `joined` and `left` joined or left a conversation (who hears of
-    /// their presence follows at once) and returns where each is connected; `None` (announce to
-    /// every node) without routers or when they cannot say.
+    /// their presence follows): published for every router to follow, and asked of the routers
+    /// this worker knows, which say where each user is connected. `None` (announce to every
+    /// node) without routers or when they cannot say.
     async fn members_changed(
         &self,
         conversation_id: &str,
         joined: &[String],
         left: &[String],
     ) -> Option<HashMap<String, Vec<String>>> {
+        let change = v1::MembersChangedRequest {
+            conversation_id: conversation_id.to_owned(),
+            joined: joined.to_vec(),
+            left: left.to_vec(),
+        };
+        let published = self
+            .client
+            .publish(subjects::MEMBERS_CHANGED, change.encode_to_vec().into())
+            .await;
+        if let Err(error) = published {
+            tracing::warn!(%error, "membership change not published to the routers");
+        }
         let routers = self.routers.as_ref()?;
         routers
             .members_changed(conversation_id, joined.to_vec(), left.to_vec())

@@ -133,6 +133,11 @@ pub fn node_users(node_id: &str) -> String {
 /// subscribes once and tells its local users who share a conversation with the user.
 pub const PRESENCE: &str = "chat.presence";
 
+/// Membership changes published by the workers ([`crate::v1::MembersChangedRequest`]), once
+/// durable and before the users are told: every router follows them, so that who hears of a
+/// user's presence follows their conversations whether or not the worker knows the routers.
+pub const MEMBERS_CHANGED: &str = "chat.presence.members";
+
 /// Encodes an id into one subject token (see the module documentation).
 pub fn encode(id: &str) -> String {
     let mut token = String::with_capacity(id.len());

@@ -67,7 +67,16 @@ pub async fn run(
         )
         .await
         .map_err(|e| RouterError::Nats(e.to_string()))?;
+    let memberships = client
+        .subscribe(chat_proto::subjects::MEMBERS_CHANGED)
+        .await
+        .map_err(|e| RouterError::Nats(e.to_string()))?;
     let token = CancellationToken::new();
+    let follower = tokio::spawn(
+        router
+            .clone()
+            .follow_memberships(memberships, token.clone()),
+    );
     let admin_task = tokio::spawn(serve_admin(
         admin,
         router.clone(),
@@ -92,6 +101,7 @@ pub async fn run(
         .await;
     token.cancel();
     let _ = publisher.await;
+    let _ = follower.await;
     let _ = admin_task.await;
     chat_proto::service::final_flush(&client).await;
     served?;

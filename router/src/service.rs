@@ -142,6 +142,32 @@ impl Router {
         }
     }
 
+    /// Until `token` is cancelled: applies the membership changes that the workers publish on
+    /// `subscription` (who hears of each user's presence). A user this router does not hold is
+    /// left alone, so every router applies every change; the same change by `MembersChanged`
+    /// (a worker that knows the routers asks it too, for the placement) changes nothing twice.
+    pub async fn follow_memberships(
+        self,
+        mut subscription: async_nats::Subscriber,
+        token: CancellationToken,
+    ) {
+        loop {
+            let message = tokio::select! {
+                () = token.cancelled() => return,
+                message = subscription.next() => message,
+            };
+            let Some(message) = message else { return };
+            match v1::MembersChangedRequest::decode(message.payload) {
+                Ok(change) => self.placement().members_changed(
+                    &change.conversation_id,
+                    &change.joined,
+                    &change.left,
+                ),
+                Err(error) => tracing::warn!(%error, "undecodable membership change"),
+            }
+        }
+    }
+
     /// Serves one node stream until it ends.
     async fn serve_node(
         self,

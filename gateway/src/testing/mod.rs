@@ -2,8 +2,10 @@
 //! persistence worker on SQLite and gateways, each on free ports, started in this process exactly
 //! as their binaries start them.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use chat_proto::testing::NatsServer;
@@ -21,6 +23,9 @@ pub const SECRET: &str = "test-secret";
 /// How long a test waits for anything.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A component's shutdown signal: resolves when it is to stop.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A component running in this process, stopped by its shutdown signal.
 pub struct Running {
     stop: Option<oneshot::Sender<()>>,
@@ -28,6 +33,21 @@ pub struct Running {
 }
 
 impl Running {
+    /// Runs a component as a task: `run` gets the shutdown signal that [`Running::stop`] gives.
+    pub fn spawn<F>(run: impl FnOnce(Shutdown) -> F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown: Shutdown = Box::pin(async {
+            let _ = stopped.await;
+        });
+        Self {
+            stop: Some(stop),
+            task: Some(tokio::spawn(run(shutdown))),
+        }
+    }
+
     /// Signals shutdown and waits for the component to finish.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -90,11 +110,7 @@ pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Runnin
     ];
     args.extend_from_slice(extra);
     let config = chat_persistence_worker::Config::try_parse_from(args).expect("worker flags parse");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
+    let running = Running::spawn(|shutdown| async move {
         if let Err(error) = chat_persistence_worker::run(config, shutdown).await {
             panic!("worker failed: {error}");
         }
@@ -115,10 +131,7 @@ pub async fn start_worker(nats_url: &str, db: PathBuf, extra: &[&str]) -> Runnin
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Running {
-        stop: Some(stop),
-        task: Some(task),
-    }
+    running
 }
 
 /// The abuse limits a test gateway runs without: tests send from one address and a few users
@@ -169,11 +182,7 @@ pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
     };
     let (ws, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let api_addr = api.as_ref().map(|api| api.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
+    let running = Running::spawn(|shutdown| async move {
         let listeners = crate::Listeners {
             ws: listener,
             admin,
@@ -187,10 +196,7 @@ pub async fn start_gateway(nats_url: &str, extra: &[&str]) -> Gateway {
         ws,
         admin: admin_addr,
         api: api_addr,
-        running: Running {
-            stop: Some(stop),
-            task: Some(task),
-        },
+        running,
     }
 }
 
