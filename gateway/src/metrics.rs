@@ -179,6 +179,11 @@ impl Metrics {
                 "Events of conversations without local members, received and dropped",
                 &hub.num_foreign_events,
             ),
+            (
+                "presence_introductions_skipped",
+                "Introductions (who is online in a conversation newly shared) skipped: too many under way",
+                &hub.num_introductions_skipped,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }

@@ -4,20 +4,18 @@
 //! A router publishes the visible changes of its users, each with the user's conversations. The
 //! node finds its local sockets in those conversations and tells each socket once per change
 //! (`user:online`, `user:offline`, `presence:changed`), however many conversations it shares
-//! with the user. Presence pushes are ephemeral: a full outbox drops them.
+//! with the user. Presence pushes are ephemeral: a full outbox drops them. Who is online when
+//! users come to share a conversation: [`crate::hub::presence`].
 
-use chat_proto::client::{self, Delivery};
-use chat_proto::timestamp::iso8601;
 use chat_proto::v1::{self, Status};
 use futures_util::StreamExt;
 use prost::Message as _;
-use serde_json::json;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::error::RequestError;
 use crate::hub::Hub;
+use crate::hub::presence::status_name;
 use crate::validation;
 use crate::worker::Detail;
 
@@ -38,7 +36,7 @@ pub(crate) async fn statuses(
     for user_id in &user_ids {
         validation::user_id(user_id)?;
     }
-    let statuses = router.routers().presence(user_ids).await?;
+    let statuses = router.routers().presence(user_ids, false).await?;
     Ok(statuses
         .into_iter()
         .map(|(user_id, status)| (user_id, status_name(status).into()))
@@ -64,17 +62,6 @@ pub(crate) async fn online_members(
     Ok(user_ids)
 }
 
-/// The protocol's name of a status.
-pub fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Offline => "offline",
-        Status::Online => "online",
-        Status::Away => "away",
-        Status::Busy => "busy",
-        Status::Invisible => "invisible",
-    }
-}
-
 /// The status a client names in `presence:update`.
 pub fn parse_status(name: &str) -> Option<Status> {
     match name {
@@ -97,47 +84,13 @@ pub async fn relay(hub: Hub, mut subscription: async_nats::Subscriber, token: Ca
         match v1::PresenceChanges::decode(message.payload) {
             Ok(changes) => {
                 for change in changes.changes {
-                    tell(&hub, &change);
+                    hub.tell(
+                        &hub.sockets_in(&change.conversation_ids, &change.user_id),
+                        &change,
+                    );
                 }
             }
             Err(error) => tracing::warn!(%error, "undecodable presence changes"),
-        }
-    }
-}
-
-/// The pushes a change makes, in order.
-fn pushes(change: &v1::PresenceChange) -> Vec<String> {
-    let previous = Status::try_from(change.previous).unwrap_or(Status::Offline);
-    let current = Status::try_from(change.current).unwrap_or(Status::Offline);
-    let at = iso8601(change.timestamp_ms);
-    let user_id = &change.user_id;
-    let online = || client::push("user:online", json!({ "userId": user_id, "timestamp": at }));
-    let changed = || {
-        client::push(
-            "presence:changed",
-            json!({ "userId": user_id, "status": status_name(current) }),
-        )
-    };
-    match (previous, current) {
-        (Status::Offline, Status::Online) => vec![online()],
-        (Status::Offline, _) => vec![online(), changed()],
-        (_, Status::Offline) => vec![client::push(
-            "user:offline",
-            json!({ "userId": user_id, "timestamp": at }),
-        )],
-        _ => vec![changed()],
-    }
-}
-
-fn tell(hub: &Hub, change: &v1::PresenceChange) {
-    let sockets = hub.sockets_in(&change.conversation_ids, &change.user_id);
-    if sockets.is_empty() {
-        return;
-    }
-    let frames: Vec<Utf8Bytes> = pushes(change).into_iter().map(Utf8Bytes::from).collect();
-    for socket in &sockets {
-        for frame in &frames {
-            socket.push(frame, Delivery::Ephemeral, &hub.stats().pushes);
         }
     }
 }
@@ -146,36 +99,10 @@ fn tell(hub: &Hub, change: &v1::PresenceChange) {
 mod tests {
     use super::*;
 
-    fn change(previous: Status, current: Status) -> v1::PresenceChange {
-        v1::PresenceChange {
-            user_id: "ann".into(),
-            previous: previous.into(),
-            current: current.into(),
-            conversation_ids: vec!["c".into()],
-            timestamp_ms: 0,
-        }
-    }
-
-    fn events(previous: Status, current: Status) -> Vec<String> {
-        pushes(&change(previous, current))
-            .iter()
-            .map(|p| {
-                let v: serde_json::Value = serde_json::from_str(p).unwrap();
-                v["event"].as_str().unwrap().to_owned()
-            })
-            .collect()
-    }
-
     #[test]
-    fn each_change_makes_the_protocols_events() {
-        assert_eq!(events(Status::Offline, Status::Online), ["user:online"]);
-        assert_eq!(
-            events(Status::Offline, Status::Away),
-            ["user:online", "presence:changed"]
-        );
-        assert_eq!(events(Status::Busy, Status::Offline), ["user:offline"]);
-        assert_eq!(events(Status::Online, Status::Away), ["presence:changed"]);
+    fn a_client_may_set_every_status_but_offline() {
         assert_eq!(parse_status("invisible"), Some(Status::Invisible));
+        assert_eq!(parse_status("away"), Some(Status::Away));
         assert_eq!(parse_status("offline"), None);
     }
 }

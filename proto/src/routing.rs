@@ -146,16 +146,20 @@ impl Routers {
         Ok(complete.then_some(nodes))
     }
 
-    /// What others see of each of `user_ids`.
+    /// What others see of each of `user_ids`, or (`announced`) what they were last told of it.
     pub async fn presence(
         &self,
         user_ids: Vec<String>,
+        announced: bool,
     ) -> Result<HashMap<String, v1::Status>, RoutingError> {
         let mut statuses = HashMap::with_capacity(user_ids.len());
         for (index, user_ids) in self.split(user_ids) {
             let reply = self
                 .client(index)
-                .presence(v1::PresenceRequest { user_ids })
+                .presence(v1::PresenceRequest {
+                    user_ids,
+                    announced,
+                })
                 .await?
                 .into_inner();
             statuses.extend(reply.statuses.into_iter().map(|s| {

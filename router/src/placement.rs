@@ -293,6 +293,14 @@ impl Placement {
             .map_or(Status::Offline, User::visible)
     }
 
+    /// What others were last told of a user: a change noted since the last publication (still
+    /// in the window, or within the offline delay) is not told yet.
+    pub fn announced(&self, user_id: &str) -> Status {
+        self.changed
+            .get(user_id)
+            .map_or_else(|| self.visible(user_id), |before| before.visible)
+    }
+
     /// Sessions per node, and the users with at least one session.
     pub fn stats(&self) -> (Vec<(Arc<str>, usize)>, usize) {
         let nodes = self
@@ -507,6 +515,22 @@ mod tests {
             changes(&mut placement),
             [("ann".into(), Status::Online, Status::Offline)]
         );
+    }
+
+    #[test]
+    fn what_others_were_told_lags_until_the_change_is_published() {
+        let mut placement = attached(&["a"]);
+        placement.open("a", session("ann", "1", &[]), "");
+        placement.set_conversations("ann", vec!["c".into()]);
+        // Online, but nobody has been told yet: an introduction now would tell it twice.
+        assert_eq!(placement.visible("ann"), Status::Online);
+        assert_eq!(placement.announced("ann"), Status::Offline);
+        changes(&mut placement);
+        assert_eq!(placement.announced("ann"), Status::Online);
+        placement.close("ann", "1");
+        assert_eq!(placement.announced("ann"), Status::Online);
+        changes(&mut placement);
+        assert_eq!(placement.announced("ann"), Status::Offline);
     }
 
     #[test]

@@ -313,13 +313,18 @@ impl v1::router_server::Router for Router {
         &self,
         request: Request<v1::PresenceRequest>,
     ) -> Result<Response<v1::PresenceReply>, Status> {
+        let request = request.into_inner();
         let placement = self.placement();
         let statuses = request
-            .into_inner()
             .user_ids
             .into_iter()
             .map(|user_id| v1::UserStatus {
-                status: placement.visible(&user_id).into(),
+                status: if request.announced {
+                    placement.announced(&user_id)
+                } else {
+                    placement.visible(&user_id)
+                }
+                .into(),
                 user_id,
             })
             .collect();

@@ -63,7 +63,8 @@ impl Hub {
     /// new to it then gets what the conversation had after `since` (the stream sequence of the
     /// event that made the user a member, 0 when unknown) from the stream, before any later
     /// event: a message sent right after the join may have been published before this node's
-    /// subscription to the conversation was live.
+    /// subscription to the conversation was live. The sockets are also told which of its
+    /// participants are online.
     async fn user_joined(
         &self,
         user_id: &str,
@@ -86,9 +87,13 @@ impl Hub {
         for socket in &newcomers {
             socket.outbox().hold();
         }
-        for socket in &self.join_sockets(sockets, &conversation.id).await {
+        let joined = self.join_sockets(sockets, &conversation.id).await;
+        for socket in &joined {
             socket.push(&frame, Delivery::Durable, &self.inner.stats.pushes);
         }
+        // Told once per membership: the requester's own sockets joined before its ack, the
+        // others join here.
+        self.introduce_members(joined, user_id, conversation);
         if newcomers.is_empty() {
             return;
         }

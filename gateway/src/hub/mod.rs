@@ -19,11 +19,13 @@
 //! The parts: [`index`] (local sockets by user, rooms by conversation, joins and leaves),
 //! [`room`] (a room's members and the sequences it delivered), [`shards`] (the subscriptions
 //! and their fan-out), [`fill`] (gap fills), [`membership`] (the users' joins and removals
-//! announced by the worker, and the resync after a reconnection).
+//! announced by the worker, and the resync after a reconnection), [`presence`] (presence
+//! frames, and who is online when users come to share a conversation).
 
 mod fill;
 mod index;
 mod membership;
+pub mod presence;
 mod room;
 mod shards;
 
@@ -37,7 +39,7 @@ use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use prost::Message as _;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,6 +62,8 @@ pub struct Stats {
     pub num_foreign_events: Counter,
     /// How long a live event took from its arrival to its last local member's outbox.
     pub fanout_duration: Histogram,
+    /// Introductions skipped: [`presence::MAX_INTRODUCTIONS`] were under way.
+    pub num_introductions_skipped: Counter,
 }
 
 impl Default for Stats {
@@ -70,6 +74,7 @@ impl Default for Stats {
             num_fills: Counter::default(),
             num_foreign_events: Counter::default(),
             fanout_duration: Histogram::new(chat_proto::metrics::DURATION_BUCKETS),
+            num_introductions_skipped: Counter::default(),
         }
     }
 }
@@ -96,6 +101,8 @@ struct Inner {
     tracker: TaskTracker,
     /// Most conversations one socket may be in.
     max_rooms_per_socket: usize,
+    /// Permits for introductions under way ([`presence`]).
+    introductions: Arc<Semaphore>,
 }
 
 /// The node's fan-out; a cheap `Clone`.
@@ -141,6 +148,7 @@ impl Hub {
                 token,
                 tracker: TaskTracker::new(),
                 max_rooms_per_socket,
+                introductions: Arc::new(Semaphore::new(presence::MAX_INTRODUCTIONS)),
             }),
         }
     }

@@ -127,6 +127,7 @@ impl Hub {
         let skip_user = match &event.kind {
             Some(Kind::ParticipantAdded(p)) => {
                 self.forget_membership(&p.user_id, &event.conversation_id);
+                self.introduce_user(&event.conversation_id, &p.user_id);
                 None
             }
             Some(Kind::ParticipantRemoved(p)) => {
