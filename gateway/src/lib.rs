@@ -20,6 +20,7 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+mod operations;
 pub mod permissions;
 pub mod presence;
 mod publish;

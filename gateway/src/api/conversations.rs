@@ -13,10 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Actor, Api, ApiError, Body};
-use crate::audit;
 use crate::error::RequestError;
 use crate::worker::Detail;
-use crate::{presence, validation};
+use crate::{operations, presence, validation};
 
 /// `POST /conversations`.
 #[derive(Debug, Deserialize)]
@@ -72,10 +71,7 @@ pub(super) async fn create(
         },
         &creator,
     )?;
-    let shared = &api.gateway.shared;
-    let created = shared.worker.create(request).await?;
-    let record = actor.audit("conversation.create", &created.created_by, &created.id);
-    shared.audit.record(record);
+    let created = operations::create_conversation(&api.gateway.shared, actor.op(), request).await?;
     Ok((StatusCode::CREATED, conversation(&created)))
 }
 
@@ -101,20 +97,8 @@ pub(super) async fn add_participant(
 ) -> Result<Json<Value>, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&data.user_id)?;
-    let request = v1::JoinConversationRequest {
-        user_id: data.user_id,
-        conversation_id: id,
-        password: None,
-        by_server: true,
-    };
-    let record = actor.audit(
-        "participant.add",
-        &request.user_id,
-        &request.conversation_id,
-    );
-    let shared = &api.gateway.shared;
-    let joined = shared.worker.join(request).await?;
-    shared.audit.record(record);
+    let joined =
+        operations::add_participant(&api.gateway.shared, actor.op(), id, data.user_id).await?;
     Ok(conversation(&joined))
 }
 
@@ -125,18 +109,7 @@ pub(super) async fn remove_participant(
 ) -> Result<Json<Value>, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&user_id)?;
-    let request = v1::LeaveConversationRequest {
-        user_id,
-        conversation_id: id,
-    };
-    let record = actor.audit(
-        "participant.remove",
-        &request.user_id,
-        &request.conversation_id,
-    );
-    let shared = &api.gateway.shared;
-    let left = shared.worker.leave(request).await?;
-    shared.audit.record(record);
+    let left = operations::remove_participant(&api.gateway.shared, actor.op(), id, user_id).await?;
     Ok(conversation(&left))
 }
 
@@ -157,11 +130,7 @@ pub(super) async fn ban(
 ) -> Result<Json<Value>, ApiError> {
     // Banned by the backend: by no member.
     let request = validation::ban(id, data.user_id, data.duration_secs, data.reason, "")?;
-    let mut record = actor.audit("ban", &request.user_id, &request.conversation_id);
-    record.detail = audit::ban_detail(&request);
-    let shared = &api.gateway.shared;
-    shared.worker.ban(request).await?;
-    shared.audit.record(record);
+    operations::ban(&api.gateway.shared, actor.op(), request).await?;
     Ok(Json(json!({})))
 }
 
@@ -172,8 +141,6 @@ pub(super) async fn unban(
 ) -> Result<Json<Value>, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&user_id)?;
-    let shared = &api.gateway.shared;
-    shared.worker.unban(&id, &user_id).await?;
-    shared.audit.record(actor.audit("unban", &user_id, &id));
+    operations::unban(&api.gateway.shared, actor.op(), &id, &user_id).await?;
     Ok(Json(json!({})))
 }

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chat_proto::client::{AttachmentData, MessageJson, SendData};
 use chat_proto::timestamp::now_ms;
-use chat_proto::v1::{self, conversation_event::Kind};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -17,7 +16,7 @@ use super::{Actor, Api, ApiError, Body};
 use crate::audit;
 use crate::error::RequestError;
 use crate::worker::Detail;
-use crate::{publish, validation};
+use crate::{operations, publish, validation};
 
 /// `POST /conversations/{id}/messages`.
 #[derive(Debug, Deserialize)]
@@ -85,19 +84,7 @@ pub(super) async fn delete(
         .filter(|id| *id > 0)
         .ok_or_else(|| RequestError::invalid("messageId must be a positive integer"))?;
     let message = publish::existing_message(shared, message_id, Some(&id)).await?;
-    let delete = v1::MessageDeleted {
-        message_id: message.id,
-        // Deleted by moderation: by no member.
-        deleter_id: String::new(),
-        deleted_at_ms: now_ms(),
-    };
-    publish::record(
-        shared,
-        &message.conversation_id,
-        Kind::MessageDeleted(delete),
-    )
-    .await?;
-    let record = audit::message_event("message.delete", &actor.0, &message);
-    shared.audit.record(record);
+    // Deleted by moderation: by no member.
+    operations::delete_message(shared, actor.op(), &message, "").await?;
     Ok(Json(json!({})))
 }

@@ -170,14 +170,9 @@ async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Resp
 struct Actor(String);
 
 impl Actor {
-    /// An audit record of `kind` by this key, about `user_id` in `conversation_id`.
-    fn audit(
-        &self,
-        kind: &str,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> chat_proto::v1::AuditEvent {
-        crate::audit::event(kind, &self.0, user_id, conversation_id)
+    /// This key as the actor of an operation.
+    fn op(&self) -> crate::operations::Actor<'_> {
+        crate::operations::Actor(&self.0)
     }
 }
 

@@ -63,7 +63,7 @@ pub(super) async fn disconnect(
         super::parse(&body)?
     };
     let banned = data.reason.as_deref() == Some("banned");
-    let mut record = actor.audit("user.disconnect", &user_id, "");
+    let mut record = actor.op().audit("user.disconnect", &user_id, "");
     record.detail = data.reason.unwrap_or_default();
     let event = v1::UserEvent {
         user_id,

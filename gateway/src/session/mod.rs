@@ -201,6 +201,11 @@ impl Session {
     }
 
     /// An audit record of `kind` by this user, about `user_id` in `conversation_id`.
+    /// This session's user as the actor of an operation.
+    fn actor(&self) -> crate::operations::Actor<'_> {
+        crate::operations::Actor(&self.identity.user_id)
+    }
+
     fn audit(&self, kind: &str, user_id: &str, conversation_id: &str) -> AuditEvent {
         audit::event(kind, &self.identity.user_id, user_id, conversation_id)
     }

@@ -20,9 +20,9 @@ use crate::audit;
 use crate::error::RequestError;
 use crate::history::{self, Window};
 use crate::permissions::Permission;
-use crate::publish;
 use crate::session::Session;
 use crate::validation;
+use crate::{operations, publish};
 
 /// A send awaiting the stream. Its outcome is boxed: it would otherwise widen the request
 /// loop's state, held by every idle socket.
@@ -172,19 +172,9 @@ impl Session {
         let message = self
             .changeable_message(data.message_id, data.conversation_id.as_deref())
             .await?;
-        let delete = v1::MessageDeleted {
-            message_id: message.id,
-            deleter_id: self.identity.user_id.to_string(),
-            deleted_at_ms: now_ms(),
-        };
-        publish::record(
-            &self.gateway.shared,
-            &message.conversation_id,
-            Kind::MessageDeleted(delete),
-        )
-        .await?;
-        let record = audit::message_event("message.delete", &self.identity.user_id, &message);
-        self.record(record);
+        let deleter_id = &self.identity.user_id;
+        operations::delete_message(&self.gateway.shared, self.actor(), &message, deleter_id)
+            .await?;
         Ok(Reply::Ack(json!({})))
     }
 

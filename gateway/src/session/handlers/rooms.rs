@@ -8,14 +8,13 @@ use chat_proto::v1;
 use serde_json::json;
 
 use super::Reply;
-use crate::audit;
 use crate::error::RequestError;
 use crate::permissions::{self, Permission};
-use crate::presence;
 use crate::request::{BanData, ParticipantData};
 use crate::session::Session;
 use crate::validation;
 use crate::worker::Detail;
+use crate::{operations, presence};
 
 impl Session {
     /// Joins this user's local sockets to a conversation before the ack; the user event that
@@ -36,13 +35,7 @@ impl Session {
         let request = validation::new_conversation(data, &self.identity.user_id)?;
         let shared = &self.gateway.shared;
         shared.hub.check_room_limit(self.socket.id, None)?;
-        let conversation = shared.worker.create(request).await?;
-        let record = self.audit(
-            "conversation.create",
-            &self.identity.user_id,
-            &conversation.id,
-        );
-        self.record(record);
+        let conversation = operations::create_conversation(shared, self.actor(), request).await?;
         self.join_local(&conversation).await
     }
 
@@ -130,29 +123,13 @@ impl Session {
         validation::user_id(&data.user_id)?;
         self.require(Permission::ManageParticipants)?;
         self.require_member(&data.conversation_id).await?;
-        let worker = &self.gateway.shared.worker;
-        let kind = if add {
-            "participant.add"
-        } else {
-            "participant.remove"
-        };
-        let record = self.audit(kind, &data.user_id, &data.conversation_id);
+        let shared = &self.gateway.shared;
+        let (conversation_id, user_id) = (data.conversation_id, data.user_id);
         let conversation = if add {
-            let request = v1::JoinConversationRequest {
-                user_id: data.user_id,
-                conversation_id: data.conversation_id,
-                password: None,
-                by_server: true,
-            };
-            worker.join(request).await?
+            operations::add_participant(shared, self.actor(), conversation_id, user_id).await?
         } else {
-            let request = v1::LeaveConversationRequest {
-                user_id: data.user_id,
-                conversation_id: data.conversation_id,
-            };
-            worker.leave(request).await?
+            operations::remove_participant(shared, self.actor(), conversation_id, user_id).await?
         };
-        self.record(record);
         Ok(Reply::Ack(
             json!({ "conversation": ConversationJson::from(&conversation) }),
         ))
@@ -169,10 +146,7 @@ impl Session {
         )?;
         self.require(Permission::Ban)?;
         self.require_member(&request.conversation_id).await?;
-        let mut record = self.audit("ban", &request.user_id, &request.conversation_id);
-        record.detail = audit::ban_detail(&request);
-        self.gateway.shared.worker.ban(request).await?;
-        self.record(record);
+        operations::ban(&self.gateway.shared, self.actor(), request).await?;
         Ok(Reply::Ack(json!({})))
     }
 
@@ -182,9 +156,8 @@ impl Session {
         validation::user_id(&data.user_id)?;
         self.require(Permission::Ban)?;
         self.require_member(&data.conversation_id).await?;
-        let worker = &self.gateway.shared.worker;
-        worker.unban(&data.conversation_id, &data.user_id).await?;
-        self.record(self.audit("unban", &data.user_id, &data.conversation_id));
+        let (conversation_id, user_id) = (&data.conversation_id, &data.user_id);
+        operations::unban(&self.gateway.shared, self.actor(), conversation_id, user_id).await?;
         Ok(Reply::Ack(json!({})))
     }
 
