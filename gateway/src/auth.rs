@@ -71,6 +71,13 @@ pub enum AuthError {
     NoUser,
 }
 
+/// A refused token reaches the client as `UNAUTHORIZED`, with the reason.
+impl From<AuthError> for crate::error::RequestError {
+    fn from(error: AuthError) -> Self {
+        Self::unauthorized(error.to_string())
+    }
+}
+
 /// One verification key.
 #[derive(Clone)]
 pub struct KeySpec {

@@ -22,8 +22,8 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    /// A failure with `code`.
-    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+    /// A failure with `code`: for the constructors below, which name the code.
+    fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -37,6 +37,11 @@ impl RequestError {
             retry_after: Some(retry_after),
             ..Self::new(ErrorCode::RateLimited, message)
         }
+    }
+
+    /// `UNAUTHORIZED`: no valid token (the socket then closes with 4401).
+    pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     /// `VALIDATION_ERROR`.
@@ -61,10 +66,12 @@ impl RequestError {
 
     /// `UNAVAILABLE`: a dependency is down; retry later.
     pub fn unavailable() -> Self {
-        Self::new(
-            ErrorCode::Unavailable,
-            "the service is temporarily unavailable; retry shortly",
-        )
+        Self::unavailable_because("the service is temporarily unavailable; retry shortly")
+    }
+
+    /// `UNAVAILABLE`, saying what is missing (safe to show: no address, no internals).
+    pub fn unavailable_because(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
     }
 
     /// `INTERNAL_ERROR`.

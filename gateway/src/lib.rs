@@ -108,8 +108,7 @@ impl Shared {
     /// The routers, or why presence cannot be answered.
     fn router(&self) -> Result<&RouterLink, error::RequestError> {
         self.router.as_ref().ok_or_else(|| {
-            error::RequestError::new(
-                chat_proto::client::ErrorCode::Unavailable,
+            error::RequestError::unavailable_because(
                 "presence is not tracked by this deployment (no router)",
             )
         })

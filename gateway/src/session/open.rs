@@ -212,10 +212,7 @@ async fn authenticate(
     let unauthorized = |error: AuthError, request_id: Option<&str>| {
         let rate = shared.settings.config.failed_auth_rate_per_ip;
         let (error, reason) = match shared.failed_auths.take(address, rate) {
-            Ok(()) => (
-                RequestError::new(client::ErrorCode::Unauthorized, error.to_string()),
-                CloseReason::Unauthorized,
-            ),
+            Ok(()) => (RequestError::from(error), CloseReason::Unauthorized),
             Err(wait) => (
                 RequestError::rate_limited(
                     "too many failed authentications from this address; retry later",
@@ -241,8 +238,7 @@ async fn authenticate(
     let text = loop {
         match tokio::time::timeout_at(deadline, frames.next()).await {
             Err(_) => {
-                let error =
-                    RequestError::new(client::ErrorCode::Unauthorized, "no token received in time");
+                let error = RequestError::unauthorized("no token received in time");
                 let frame = Some(error.to_frame(None, Some("auth")));
                 let reason = CloseReason::AuthTimeout;
                 return Err(Refused { reason, frame });

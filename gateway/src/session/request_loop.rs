@@ -69,8 +69,7 @@ impl Session {
                         return;
                     }
                     if self.token_expiry <= now {
-                        let error = RequestError::new(
-                            client::ErrorCode::Unauthorized,
+                        let error = RequestError::unauthorized(
                             "token expired; send a fresh one with auth before the old one expires",
                         );
                         self.refused(&error, None, None);

@@ -1,7 +1,7 @@
 //! `auth` (a fresh token on an open session), `resume` (the first request of a connection made
 //! with `resume=1`) and `ping`.
 
-use chat_proto::client::{self, AuthData, ResumeData};
+use chat_proto::client::{AuthData, ResumeData};
 use chat_proto::timestamp::now_ms;
 use serde_json::json;
 
@@ -17,11 +17,7 @@ pub(super) fn pong() -> Reply {
 impl Session {
     pub(super) async fn reauthenticate(&mut self, data: AuthData) -> Result<Reply, RequestError> {
         let shared = &self.gateway.shared;
-        let identity = shared
-            .settings
-            .verifier
-            .verify(&data.token)
-            .map_err(|e| RequestError::new(client::ErrorCode::Unauthorized, e.to_string()))?;
+        let identity = shared.settings.verifier.verify(&data.token)?;
         if identity.user_id != self.identity.user_id {
             return Err(RequestError::forbidden(
                 "a connection cannot change its user",
