@@ -7,6 +7,7 @@
 //! with the user. Presence pushes are ephemeral: a full outbox drops them. Who is online when
 //! users come to share a conversation: [`crate::hub::presence`].
 
+use chat_proto::client::StatusesData;
 use chat_proto::v1::{self, Status};
 use futures_util::StreamExt;
 use prost::Message as _;
@@ -26,7 +27,7 @@ pub const MAX_QUERIED_USERS: usize = 500;
 pub(crate) async fn statuses(
     shared: &Shared,
     user_ids: Vec<String>,
-) -> Result<serde_json::Map<String, serde_json::Value>, RequestError> {
+) -> Result<StatusesData, RequestError> {
     let router = shared.router()?;
     if user_ids.len() > MAX_QUERIED_USERS {
         return Err(RequestError::invalid(format!(
@@ -37,10 +38,11 @@ pub(crate) async fn statuses(
         validation::user_id(user_id)?;
     }
     let statuses = router.routers().presence(user_ids, false).await?;
-    Ok(statuses
+    let statuses = statuses
         .into_iter()
-        .map(|(user_id, status)| (user_id, status_name(status).into()))
-        .collect())
+        .map(|(user_id, status)| (user_id, status_name(status)))
+        .collect();
+    Ok(StatusesData { statuses })
 }
 
 /// Which members of a conversation are visibly online, sorted: every member, not the first 100

@@ -354,6 +354,109 @@ impl<'a> From<&'a v1::Conversation> for ConversationJson<'a> {
     }
 }
 
+/// `{conversation}`: the ack of `room:create`, `room:join`, `room:info`, `participant:add` and
+/// `participant:remove`, and the server API's answer about one conversation.
+#[derive(Debug, Serialize)]
+pub struct ConversationData<'a> {
+    /// The conversation.
+    pub conversation: ConversationJson<'a>,
+}
+
+impl<'a> From<&'a v1::Conversation> for ConversationData<'a> {
+    fn from(conversation: &'a v1::Conversation) -> Self {
+        Self {
+            conversation: conversation.into(),
+        }
+    }
+}
+
+/// `{conversations}`: the ack of `room:list`, and the server API's list of a user's.
+#[derive(Debug, Serialize)]
+pub struct ConversationsData<'a> {
+    /// The conversations.
+    pub conversations: Vec<ConversationJson<'a>>,
+}
+
+impl<'a> From<&'a [v1::Conversation]> for ConversationsData<'a> {
+    fn from(conversations: &'a [v1::Conversation]) -> Self {
+        Self {
+            conversations: conversations.iter().map(ConversationJson::from).collect(),
+        }
+    }
+}
+
+/// `{messages, hasMore}`: the ack of `messages:sync`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagesData<'a> {
+    /// The messages, in order.
+    pub messages: Vec<MessageJson<'a>>,
+    /// Whether there are more beyond them.
+    pub has_more: bool,
+}
+
+/// `{userIds}`: who is visibly online (`room:online`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdsData {
+    /// The users, sorted.
+    pub user_ids: Vec<String>,
+}
+
+/// `{statuses}`: what others see of each user asked about (`presence:query`).
+#[derive(Debug, Serialize)]
+pub struct StatusesData {
+    /// `{userId: status}`.
+    pub statuses: std::collections::BTreeMap<String, &'static str>,
+}
+
+/// `{}`: the ack of a request that has nothing to say but that it was done.
+#[derive(Debug, Serialize)]
+pub struct Done {}
+
+/// `{event: "pong", timestamp}`: the ack of `ping` (milliseconds since the epoch).
+#[derive(Debug, Serialize)]
+pub struct Pong {
+    /// Always `pong`.
+    pub event: &'static str,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+}
+
+/// What a resume recovered: `{recovered: true, conversations: {id: {replayed, complete}}}` or
+/// `{recovered: false, error}`.
+#[derive(Debug, Serialize)]
+pub struct Recovered {
+    /// Whether the missed events were replayed.
+    pub recovered: bool,
+    /// Per conversation: how many events were replayed, and whether that was all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversations: Option<std::collections::BTreeMap<String, Replayed>>,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Recovered {
+    /// Nothing recovered, for `error`.
+    pub fn refused(error: impl Into<String>) -> Self {
+        Self {
+            recovered: false,
+            conversations: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// One conversation of a resume: events replayed, and whether the gap is closed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Replayed {
+    /// Events replayed.
+    pub replayed: usize,
+    /// False when there were more than one replay carries: page the rest with `messages:sync`.
+    pub complete: bool,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Frame<'a, T> {

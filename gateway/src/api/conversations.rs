@@ -7,10 +7,10 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chat_proto::client::{ConversationJson, CreateData};
+use axum::response::{IntoResponse as _, Response};
+use chat_proto::client::{ConversationData, CreateData, Done, UserIdsData};
 use chat_proto::v1;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{Actor, Api, ApiError, Body};
 use crate::error::RequestError;
@@ -44,15 +44,15 @@ pub(super) struct NewParticipant {
     user_id: String,
 }
 
-fn conversation(conversation: &v1::Conversation) -> Json<Value> {
-    Json(json!({ "conversation": ConversationJson::from(conversation) }))
+fn conversation(conversation: &v1::Conversation) -> Response {
+    Json(ConversationData::from(conversation)).into_response()
 }
 
 pub(super) async fn create(
     State(api): State<Api>,
     Extension(actor): Extension<Actor>,
     Body(data): Body<NewConversation>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Response), ApiError> {
     let creator = data.created_by.unwrap_or_default();
     if !creator.is_empty() {
         validation::user_id(&creator)?;
@@ -78,7 +78,7 @@ pub(super) async fn create(
 pub(super) async fn get(
     State(api): State<Api>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validation::conversation_id(&id)?;
     let found = api
         .gateway
@@ -94,7 +94,7 @@ pub(super) async fn add_participant(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Body(data): Body<NewParticipant>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&data.user_id)?;
     let joined =
@@ -106,7 +106,7 @@ pub(super) async fn remove_participant(
     State(api): State<Api>,
     Extension(actor): Extension<Actor>,
     Path((id, user_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&user_id)?;
     let left = operations::remove_participant(&api.gateway.shared, actor.op(), id, user_id).await?;
@@ -116,10 +116,10 @@ pub(super) async fn remove_participant(
 pub(super) async fn online(
     State(api): State<Api>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UserIdsData>, ApiError> {
     validation::conversation_id(&id)?;
     let user_ids = presence::online_members(&api.gateway.shared, &id).await?;
-    Ok(Json(json!({ "userIds": user_ids })))
+    Ok(Json(UserIdsData { user_ids }))
 }
 
 pub(super) async fn ban(
@@ -127,20 +127,20 @@ pub(super) async fn ban(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Body(data): Body<NewBan>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     // Banned by the backend: by no member.
     let request = validation::ban(id, data.user_id, data.duration_secs, data.reason, "")?;
     operations::ban(&api.gateway.shared, actor.op(), request).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Done {}))
 }
 
 pub(super) async fn unban(
     State(api): State<Api>,
     Extension(actor): Extension<Actor>,
     Path((id, user_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     validation::conversation_id(&id)?;
     validation::user_id(&user_id)?;
     operations::unban(&api.gateway.shared, actor.op(), &id, &user_id).await?;
-    Ok(Json(json!({})))
+    Ok(Json(Done {}))
 }

@@ -6,11 +6,11 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chat_proto::client::{AttachmentData, MessageJson, SendData};
+use axum::response::{IntoResponse as _, Response};
+use chat_proto::client::{AttachmentData, Done, MessageData, MessageJson, SendData};
 use chat_proto::timestamp::now_ms;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 use super::{Actor, Api, ApiError, Body};
 use crate::audit;
@@ -38,7 +38,7 @@ pub(super) async fn create(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     Body(data): Body<NewMessage>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Response), ApiError> {
     let shared = &api.gateway.shared;
     validation::user_id(&data.sender_id)?;
     let send = SendData {
@@ -65,17 +65,17 @@ pub(super) async fn create(
     let message = publish::create_message(shared, message).await?;
     let record = audit::message_event("message.create", &actor.0, &message);
     shared.audit.record(record);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "message": MessageJson::from(&message) })),
-    ))
+    let data = MessageData {
+        message: MessageJson::from(&message),
+    };
+    Ok((StatusCode::CREATED, Json(data).into_response()))
 }
 
 pub(super) async fn delete(
     State(api): State<Api>,
     Extension(actor): Extension<Actor>,
     Path((id, message_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     let shared = &api.gateway.shared;
     validation::conversation_id(&id)?;
     let message_id: u64 = message_id
@@ -86,5 +86,5 @@ pub(super) async fn delete(
     let message = publish::existing_message(shared, message_id, Some(&id)).await?;
     // Deleted by moderation: by no member.
     operations::delete_message(shared, actor.op(), &message, "").await?;
-    Ok(Json(json!({})))
+    Ok(Json(Done {}))
 }

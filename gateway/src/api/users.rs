@@ -3,8 +3,9 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse as _, Response};
 use chat_proto::bus;
-use chat_proto::client::ConversationJson;
+use chat_proto::client::{ConversationsData, Done, StatusesData};
 use chat_proto::timestamp::iso8601;
 use chat_proto::v1::{self, user_event};
 use serde::Deserialize;
@@ -42,11 +43,10 @@ pub(super) struct PresenceQuery {
 pub(super) async fn conversations(
     State(api): State<Api>,
     Path(user_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validation::user_id(&user_id)?;
     let conversations = api.gateway.shared.worker.conversations_of(&user_id).await?;
-    let conversations: Vec<_> = conversations.iter().map(ConversationJson::from).collect();
-    Ok(Json(json!({ "conversations": conversations })))
+    Ok(Json(ConversationsData::from(&conversations[..])).into_response())
 }
 
 pub(super) async fn disconnect(
@@ -54,7 +54,7 @@ pub(super) async fn disconnect(
     Extension(actor): Extension<Actor>,
     Path(user_id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Done>, ApiError> {
     validation::user_id(&user_id)?;
     // The body is optional.
     let data: Disconnect = if body.is_empty() {
@@ -75,16 +75,17 @@ pub(super) async fn disconnect(
         .await
         .map_err(|_| RequestError::unavailable())?;
     shared.audit.record(record);
-    Ok(Json(json!({})))
+    Ok(Json(Done {}))
 }
 
 pub(super) async fn presence(
     State(api): State<Api>,
     Query(query): Query<PresenceQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatusesData>, ApiError> {
     let user_ids: Vec<String> = query.user_ids.split(',').map(str::to_owned).collect();
-    let statuses = presence::statuses(&api.gateway.shared, user_ids).await?;
-    Ok(Json(json!({ "statuses": statuses })))
+    Ok(Json(
+        presence::statuses(&api.gateway.shared, user_ids).await?,
+    ))
 }
 
 pub(super) async fn audit(

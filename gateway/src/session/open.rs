@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use chat_proto::client::{self, ConversationJson, ResumeData};
+use chat_proto::client::{self, ConversationJson, Recovered, ResumeData};
 use chat_proto::timestamp::{iso8601, now_ms};
 use chat_proto::v1;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument as _;
@@ -176,7 +175,7 @@ async fn open_session(
             Some(replay)
         }
         Resume::Refused(message) => {
-            payload.resume = Some(json!({ "recovered": false, "error": message }));
+            payload.resume = Some(Recovered::refused(message));
             None
         }
         Resume::Awaited => {
@@ -293,9 +292,9 @@ pub(super) struct Connected {
     timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     resume_token: Option<String>,
-    /// What a resume recovered (`{recovered, conversations}` or `{recovered, error}`).
+    /// What a resume recovered.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) resume: Option<serde_json::Value>,
+    pub(super) resume: Option<Recovered>,
 }
 
 /// The rooms as the protocol shows them.
@@ -352,17 +351,18 @@ impl Session {
     pub(super) async fn replay(
         &self,
         positions: &BTreeMap<String, u64>,
-    ) -> (serde_json::Value, Option<Replay>) {
+    ) -> (Recovered, Option<Replay>) {
         let shared = &self.gateway.shared;
         match resume::replay(&shared.reader, &shared.hub, self.socket.id, positions).await {
             Ok(recovery) => {
-                let report = json!({ "recovered": true, "conversations": recovery.report });
+                let report = Recovered {
+                    recovered: true,
+                    conversations: Some(recovery.report),
+                    error: None,
+                };
                 (report, Some(recovery.replay))
             }
-            Err(error) => {
-                let report = json!({ "recovered": false, "error": error.message });
-                (report, None)
-            }
+            Err(error) => (Recovered::refused(error.message), None),
         }
     }
 

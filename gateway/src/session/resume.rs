@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::json;
+use chat_proto::client::Replayed;
 
 use crate::error::RequestError;
 use crate::history::StreamReader;
@@ -31,7 +31,7 @@ pub struct Recovery {
     /// What the outbox releases.
     pub replay: Replay,
     /// The `resume` answer's `conversations`.
-    pub report: serde_json::Map<String, serde_json::Value>,
+    pub report: BTreeMap<String, Replayed>,
 }
 
 /// Reads what the socket missed in each conversation of `positions` it is in (the others are
@@ -49,7 +49,7 @@ pub async fn replay(
     }
     let mut recovery = Recovery {
         replay: Replay::default(),
-        report: serde_json::Map::new(),
+        report: BTreeMap::new(),
     };
     for (conversation_id, &after) in positions {
         validation::conversation_id(conversation_id)?;
@@ -60,10 +60,9 @@ pub async fn replay(
             .events_after(conversation_id, after, MAX_REPLAY_EVENTS)
             .await?;
         let replayed = recovery.replay.add(conversation_id, after, &events);
-        recovery.report.insert(
-            conversation_id.clone(),
-            json!({ "replayed": replayed, "complete": complete }),
-        );
+        recovery
+            .report
+            .insert(conversation_id.clone(), Replayed { replayed, complete });
     }
     Ok(recovery)
 }

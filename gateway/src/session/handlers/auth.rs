@@ -1,9 +1,8 @@
 //! `auth` (a fresh token on an open session), `resume` (the first request of a connection made
 //! with `resume=1`) and `ping`.
 
-use chat_proto::client::{AuthData, ResumeData};
+use chat_proto::client::{self, AuthData, ResumeData};
 use chat_proto::timestamp::now_ms;
-use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
@@ -11,7 +10,10 @@ use crate::session::{Session, token_expiry};
 
 /// The `ping` answer.
 pub(super) fn pong() -> Reply {
-    Reply::Ack(json!({ "event": "pong", "timestamp": now_ms() }))
+    Reply::ack(&client::Pong {
+        event: "pong",
+        timestamp: now_ms(),
+    })
 }
 
 impl Session {
@@ -25,9 +27,7 @@ impl Session {
         }
         self.token_expiry = token_expiry(&identity, shared.settings.config.jwt_leeway);
         self.identity = identity;
-        let connected = self.connected().await?;
-        let data = serde_json::to_value(connected).map_err(|_| RequestError::internal())?;
-        Ok(Reply::Ack(data))
+        Ok(Reply::ack(&self.connected().await?))
     }
 
     /// `resume`, the first request of a socket that connected with `resume=1`.

@@ -12,7 +12,6 @@ use chat_proto::bus::{self, BusError, Stored};
 use chat_proto::client::{self, DeleteData, EditData, MessageJson, SendData, SyncData};
 use chat_proto::timestamp::now_ms;
 use chat_proto::v1::{self, conversation_event::Kind};
-use serde_json::json;
 use tracing::Instrument as _;
 
 use super::Reply;
@@ -163,9 +162,9 @@ impl Session {
         self.record(record);
         message.content = data.content;
         message.edited_at_ms = Some(edited_at_ms);
-        Ok(Reply::Ack(
-            json!({ "message": MessageJson::from(&message) }),
-        ))
+        Ok(Reply::ack(&client::MessageData {
+            message: MessageJson::from(&message),
+        }))
     }
 
     pub(super) async fn delete(&mut self, data: DeleteData) -> Result<Reply, RequestError> {
@@ -175,7 +174,7 @@ impl Session {
         let deleter_id = &self.identity.user_id;
         operations::delete_message(&self.gateway.shared, self.actor(), &message, deleter_id)
             .await?;
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 
     pub(super) async fn sync(&mut self, data: SyncData) -> Result<Reply, RequestError> {
@@ -196,9 +195,9 @@ impl Session {
             limit,
         )
         .await?;
-        let messages: Vec<_> = messages.iter().map(MessageJson::from).collect();
-        Ok(Reply::Ack(
-            json!({ "messages": messages, "hasMore": has_more }),
-        ))
+        Ok(Reply::ack(&client::MessagesData {
+            messages: messages.iter().map(MessageJson::from).collect(),
+            has_more,
+        }))
     }
 }

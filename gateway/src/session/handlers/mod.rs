@@ -15,6 +15,7 @@ mod typing;
 use std::sync::Arc;
 
 use chat_proto::client;
+use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
 use super::Session;
@@ -27,12 +28,26 @@ pub(super) use messages::PendingSend;
 
 /// What a handled request answers.
 pub(super) enum Reply {
-    /// Ack with this data now.
-    Ack(serde_json::Value),
+    /// Ack with this data now (serialized from a typed answer: [`Reply::ack`]).
+    Ack(Box<RawValue>),
     /// Ack a resume with this data, then release the replay.
-    Resumed(serde_json::Value, Option<Replay>),
+    Resumed(client::Recovered, Option<Replay>),
     /// The answer comes when this send is acknowledged by the stream.
     Later(PendingSend),
+}
+
+impl Reply {
+    /// An ack with `data`, one of the protocol's answers (`chat_proto::client`).
+    pub(super) fn ack(data: &impl serde::Serialize) -> Self {
+        Self::Ack(
+            serde_json::value::to_raw_value(data).expect("answers serialize: string keys, no NaN"),
+        )
+    }
+
+    /// The ack of a request that has nothing more to say.
+    pub(super) fn done() -> Self {
+        Self::ack(&client::Done {})
+    }
 }
 
 impl Session {

@@ -1,7 +1,5 @@
 //! `presence:update` and `presence:query`, answered by the routers (UNAVAILABLE without one).
 
-use serde_json::json;
-
 use super::Reply;
 use crate::error::RequestError;
 use crate::presence;
@@ -16,12 +14,12 @@ impl Session {
             RequestError::invalid("status must be one of online, away, busy, invisible")
         })?;
         router.set_status(&self.identity.user_id, status);
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 
     /// What others see of each user named.
     pub(super) async fn query_presence(&self, data: UsersData) -> Result<Reply, RequestError> {
         let statuses = presence::statuses(&self.gateway.shared, data.user_ids).await?;
-        Ok(Reply::Ack(json!({ "statuses": statuses })))
+        Ok(Reply::ack(&statuses))
     }
 }

@@ -6,7 +6,6 @@
 use chat_proto::bus;
 use chat_proto::client::ReceiptData;
 use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
-use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
@@ -48,6 +47,6 @@ impl Session {
         };
         let event = ConversationEvent::new(data.conversation_id, Kind::Receipt(receipt));
         bus::publish_live(&self.gateway.shared.client, &event, None).await?;
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 }

@@ -3,9 +3,11 @@
 //! Membership changes are made by the worker (durable before they are announced); this node's
 //! sockets of the user join before the ack, so nothing published after it is missed.
 
-use chat_proto::client::{ConversationJson, ConversationRef, CreateData, ErrorCode, JoinData};
+use chat_proto::client::{
+    ConversationData, ConversationRef, ConversationsData, CreateData, ErrorCode, JoinData,
+    UserIdsData,
+};
 use chat_proto::v1;
-use serde_json::json;
 
 use super::Reply;
 use crate::error::RequestError;
@@ -25,9 +27,7 @@ impl Session {
             .hub
             .join_user(&self.identity.user_id, &conversation.id)
             .await;
-        Ok(Reply::Ack(
-            json!({ "conversation": ConversationJson::from(conversation) }),
-        ))
+        Ok(Reply::ack(&ConversationData::from(conversation)))
     }
 
     pub(super) async fn create(&mut self, data: CreateData) -> Result<Reply, RequestError> {
@@ -81,7 +81,7 @@ impl Session {
             .hub
             .leave_user(&self.identity.user_id, &data.conversation_id);
         self.record(self.audit("leave", &self.identity.user_id, &data.conversation_id));
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 
     pub(super) async fn list(&mut self) -> Result<Reply, RequestError> {
@@ -90,8 +90,7 @@ impl Session {
             .worker
             .conversations_of(&self.identity.user_id)
             .await?;
-        let rooms: Vec<_> = rooms.iter().map(ConversationJson::from).collect();
-        Ok(Reply::Ack(json!({ "conversations": rooms })))
+        Ok(Reply::ack(&ConversationsData::from(&rooms[..])))
     }
 
     pub(super) async fn info(&mut self, data: ConversationRef) -> Result<Reply, RequestError> {
@@ -107,9 +106,7 @@ impl Session {
         if conversation.private {
             self.require_member(&conversation.id).await?;
         }
-        Ok(Reply::Ack(
-            json!({ "conversation": ConversationJson::from(&conversation) }),
-        ))
+        Ok(Reply::ack(&ConversationData::from(&conversation)))
     }
 
     /// A member adds another user (privacy and passwords do not apply to members) or removes
@@ -130,9 +127,7 @@ impl Session {
         } else {
             operations::remove_participant(shared, self.actor(), conversation_id, user_id).await?
         };
-        Ok(Reply::Ack(
-            json!({ "conversation": ConversationJson::from(&conversation) }),
-        ))
+        Ok(Reply::ack(&ConversationData::from(&conversation)))
     }
 
     /// A member with the permission `ban` bans another from the conversation.
@@ -147,7 +142,7 @@ impl Session {
         self.require(Permission::Ban)?;
         self.require_member(&request.conversation_id).await?;
         operations::ban(&self.gateway.shared, self.actor(), request).await?;
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 
     /// A member with the permission `ban` ends a ban.
@@ -158,7 +153,7 @@ impl Session {
         self.require_member(&data.conversation_id).await?;
         let (conversation_id, user_id) = (&data.conversation_id, &data.user_id);
         operations::unban(&self.gateway.shared, self.actor(), conversation_id, user_id).await?;
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 
     /// Which members are visibly online (answered by the routers).
@@ -167,6 +162,6 @@ impl Session {
         self.require_member(&data.conversation_id).await?;
         let user_ids =
             presence::online_members(&self.gateway.shared, &data.conversation_id).await?;
-        Ok(Reply::Ack(json!({ "userIds": user_ids })))
+        Ok(Reply::ack(&UserIdsData { user_ids }))
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chat_proto::bus;
 use chat_proto::client::ConversationRef;
 use chat_proto::v1::{self, ConversationEvent, conversation_event::Kind};
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::Reply;
@@ -34,7 +33,7 @@ impl Session {
             self.typing.remove(&conversation_id);
         }
         self.publish_typing(&conversation_id, is_typing).await;
-        Ok(Reply::Ack(json!({})))
+        Ok(Reply::done())
     }
 
     /// Stops the typing that was not refreshed in time.
