@@ -251,9 +251,8 @@ impl Node {
             ))
         };
         let hub = Hub::new(
-            client.clone(),
-            reader.clone(),
-            worker.clone(),
+            Arc::new(hub::bus::NatsBus::new(client.clone(), reader.clone())),
+            Arc::new(worker.clone()),
             membership.clone(),
             router.clone(),
             CancellationToken::new(),

@@ -81,8 +81,6 @@ impl Hub {
         let mut backoff = Backoff::new(Duration::from_millis(100), MAX_FILL_WAIT);
         loop {
             match self
-                .inner
-                .reader
                 .events_after(conversation_id, after, MAX_FILL_EVENTS)
                 .await
             {

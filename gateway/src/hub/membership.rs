@@ -182,7 +182,7 @@ impl Hub {
             registry.users.keys().cloned().collect()
         };
         for user_id in users {
-            let Ok(conversations) = self.inner.worker.conversations_of(&user_id).await else {
+            let Ok(conversations) = self.inner.directory.conversations_of(&user_id).await else {
                 tracing::warn!("cannot resync memberships: the worker is unavailable");
                 return;
             };

@@ -22,9 +22,12 @@
 //! announced by the worker, and the resync after a reconnection), [`presence`] (presence
 //! frames, and who is online when users come to share a conversation).
 
+pub mod bus;
 mod fill;
 mod index;
 mod membership;
+#[cfg(test)]
+mod memory;
 pub mod presence;
 mod room;
 mod shards;
@@ -43,11 +46,16 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::history::StreamReader;
+use crate::history::ReadError;
 use crate::router::RouterLink;
 use crate::socket::PushStats;
-use crate::worker::WorkerClient;
+use bus::{Bus, Directory};
 use index::Registry;
+
+/// The hub could not subscribe to its node's subjects.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot subscribe to {0}")]
+pub struct StartError(String);
 
 /// Counters of the hub (registered in [`crate::metrics::Metrics`]).
 #[derive(Debug)]
@@ -83,11 +91,10 @@ impl Default for Stats {
 pub type MembershipCache = Cache<(Arc<str>, Arc<str>), bool>;
 
 struct Inner {
-    client: async_nats::Client,
+    bus: Arc<dyn Bus>,
+    directory: Arc<dyn Directory>,
     /// Told of the local users' membership changes (their presence audience).
     router: Option<RouterLink>,
-    reader: StreamReader,
-    worker: WorkerClient,
     membership: MembershipCache,
     registry: Mutex<Registry>,
     /// The highest stream sequence this node has seen.
@@ -123,11 +130,10 @@ pub enum BusSignal {
 }
 
 impl Hub {
-    /// A hub over `client`; its tasks end when `token` is cancelled.
+    /// A hub over `bus` and `directory`; its tasks end when `token` is cancelled.
     pub fn new(
-        client: async_nats::Client,
-        reader: StreamReader,
-        worker: WorkerClient,
+        bus: Arc<dyn Bus>,
+        directory: Arc<dyn Directory>,
         membership: MembershipCache,
         router: Option<RouterLink>,
         token: CancellationToken,
@@ -135,10 +141,9 @@ impl Hub {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                client,
+                bus,
+                directory,
                 router,
-                reader,
-                worker,
                 membership,
                 registry: Mutex::default(),
                 hwm: AtomicU64::new(0),
@@ -168,18 +173,16 @@ impl Hub {
         &self,
         node_id: &str,
         mut signals: mpsc::Receiver<BusSignal>,
-    ) -> Result<(), async_nats::SubscribeError> {
+    ) -> Result<(), StartError> {
         // Events for users: through the routers' placement on the node's own subject, or to
         // every node when the publisher could not ask a router.
+        let subscribe = |subject: String| async {
+            let subscription = self.inner.bus.subscribe(subject.clone()).await;
+            subscription.ok_or(StartError(subject))
+        };
         let mut user_events = futures_util::stream::select(
-            self.inner
-                .client
-                .subscribe(subjects::node_users(node_id))
-                .await?,
-            self.inner
-                .client
-                .subscribe(subjects::ALL_USERS_LIVE)
-                .await?,
+            subscribe(subjects::node_users(node_id)).await?,
+            subscribe(subjects::ALL_USERS_LIVE.to_owned()).await?,
         );
         let hub = self.clone();
         self.inner.tracker.spawn(async move {
@@ -235,6 +238,20 @@ impl Hub {
         Ok(())
     }
 
+    /// The conversation's events with `seq > after` from the durable log (at most `max`; the
+    /// flag says whether that was all).
+    pub async fn events_after(
+        &self,
+        conversation_id: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<(Vec<v1::ConversationEvent>, bool), ReadError> {
+        self.inner
+            .bus
+            .events_after(conversation_id, after, max)
+            .await
+    }
+
     /// Stops the hub's tasks and waits for them.
     pub async fn stop(&self) {
         self.inner.token.cancel();
@@ -255,3 +272,6 @@ impl Hub {
         self.inner.refill.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests;

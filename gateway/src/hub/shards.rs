@@ -57,12 +57,7 @@ impl Hub {
         let subject = subjects::conversation_live_shard(shard);
         let subscribed = tokio::select! {
             () = cancel.cancelled() => return,
-            subscribed = async {
-                let subscriber = self.inner.client.subscribe(subject).await.ok()?;
-                // The server has the subscription once a flush returns.
-                self.inner.client.flush().await.ok()?;
-                Some(subscriber)
-            } => subscribed,
+            subscribed = self.inner.bus.subscribe(subject) => subscribed,
         };
         let Some(mut subscriber) = subscribed else {
             // The joiners waiting on it leave; the shard goes with its last room, as always.

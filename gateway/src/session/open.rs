@@ -353,7 +353,7 @@ impl Session {
         positions: &BTreeMap<String, u64>,
     ) -> (Recovered, Option<Replay>) {
         let shared = &self.gateway.shared;
-        match resume::replay(&shared.reader, &shared.hub, self.socket.id, positions).await {
+        match resume::replay(&shared.hub, self.socket.id, positions).await {
             Ok(recovery) => {
                 let report = Recovered {
                     recovered: true,

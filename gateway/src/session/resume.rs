@@ -12,7 +12,6 @@ use std::time::Duration;
 use chat_proto::client::Replayed;
 
 use crate::error::RequestError;
-use crate::history::StreamReader;
 use crate::hub::Hub;
 use crate::socket::SocketId;
 use crate::socket::outbox::Replay;
@@ -37,7 +36,6 @@ pub struct Recovery {
 /// Reads what the socket missed in each conversation of `positions` it is in (the others are
 /// left out: their events are not the user's any more).
 pub async fn replay(
-    reader: &StreamReader,
     hub: &Hub,
     socket_id: SocketId,
     positions: &BTreeMap<String, u64>,
@@ -56,7 +54,7 @@ pub async fn replay(
         if !hub.is_joined(socket_id, conversation_id) {
             continue;
         }
-        let (events, complete) = reader
+        let (events, complete) = hub
             .events_after(conversation_id, after, MAX_REPLAY_EVENTS)
             .await?;
         let replayed = recovery.replay.add(conversation_id, after, &events);
