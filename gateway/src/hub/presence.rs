@@ -2,8 +2,9 @@
 //! introductions made when users come to share a conversation. A router tells of a user's
 //! changes (`crate::presence` relays them); it does not tell of a user who is online already
 //! when a conversation is made with them, or when they are added to one or join it. So a socket
-//! that joins a conversation is told which of its listed participants are online, and a node
-//! that delivers `participant:added` tells the room's local members whether the added user is.
+//! that joins a conversation of up to [`MAX_INTRODUCED_PARTICIPANTS`] is told which of its
+//! participants are online, and a node that delivers `participant:added` tells the room's local
+//! members whether the added user is.
 //!
 //! Introductions are ephemeral pushes, like every presence push, and bounded: at most
 //! [`MAX_INTRODUCTIONS`] router look-ups at once per node; past that, one is skipped (counted),
@@ -22,6 +23,10 @@ use crate::socket::SocketHandle;
 
 /// Most introductions (router look-ups) one node makes at once.
 pub const MAX_INTRODUCTIONS: usize = 64;
+/// The largest conversation whose participants a socket new to it is told of: all its
+/// participants are listed up to this size; in a larger one (a room of a thousand made at once
+/// would tell each member of up to a hundred others) the client asks `room:online`.
+pub const MAX_INTRODUCED_PARTICIPANTS: usize = 100;
 
 /// The protocol's name of a status.
 pub fn status_name(status: Status) -> &'static str {
@@ -59,6 +64,21 @@ pub fn frames(change: &v1::PresenceChange) -> Vec<Utf8Bytes> {
     pushes.into_iter().map(Utf8Bytes::from).collect()
 }
 
+/// The participants of `conversation` that `user_id`, new to it, is told of: the others, none
+/// in a conversation of more than [`MAX_INTRODUCED_PARTICIPANTS`].
+fn introduced(user_id: &str, conversation: &v1::Conversation) -> Vec<String> {
+    let size = usize::try_from(conversation.num_participants).unwrap_or(usize::MAX);
+    if size > MAX_INTRODUCED_PARTICIPANTS {
+        return Vec::new();
+    }
+    conversation
+        .participant_ids
+        .iter()
+        .filter(|id| **id != *user_id)
+        .cloned()
+        .collect()
+}
+
 impl Hub {
     /// Pushes the frames of `change` to each of `sockets`.
     pub fn tell(&self, sockets: &[SocketHandle], change: &v1::PresenceChange) {
@@ -73,20 +93,15 @@ impl Hub {
         }
     }
 
-    /// Tells `sockets`, new to `conversation`, which of its listed participants (but their own
-    /// user) are online.
+    /// Tells `sockets`, new to `conversation`, which of its participants (but their own user)
+    /// are online; none in a conversation of more than [`MAX_INTRODUCED_PARTICIPANTS`].
     pub(super) fn introduce_members(
         &self,
         sockets: Vec<SocketHandle>,
         user_id: &str,
         conversation: &v1::Conversation,
     ) {
-        let others: Vec<String> = conversation
-            .participant_ids
-            .iter()
-            .filter(|id| **id != *user_id)
-            .cloned()
-            .collect();
+        let others = introduced(user_id, conversation);
         if sockets.is_empty() || others.is_empty() {
             return;
         }
@@ -168,6 +183,19 @@ mod tests {
                 v["event"].as_str().unwrap().to_owned()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_newcomer_hears_of_the_others_in_conversations_of_up_to_100() {
+        let room = |n: usize| v1::Conversation {
+            participant_ids: (0..n.min(100)).map(|i| format!("u{i}")).collect(),
+            num_participants: n as u32,
+            ..Default::default()
+        };
+        assert_eq!(introduced("u0", &room(3)), ["u1", "u2"]);
+        assert_eq!(introduced("u0", &room(100)).len(), 99);
+        assert!(introduced("u0", &room(101)).is_empty());
+        assert!(introduced("u0", &room(1)).is_empty());
     }
 
     #[test]
