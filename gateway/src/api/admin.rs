@@ -4,10 +4,11 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
 use chat_proto::client::ErrorCode;
 use chat_proto::history::Window;
 use chat_proto::timestamp::now_ms;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{Api, ApiError};
 use crate::worker::Detail;
@@ -22,7 +23,7 @@ const LAG_WARNING: i64 = 10_000;
 
 /// `GET /admin/nodes`: every gateway node that a router knows, with its sessions (open,
 /// authenticated sockets), and the users online.
-pub(super) async fn nodes(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn nodes(State(api): State<Api>) -> Result<Json<NodesJson>, ApiError> {
     let shared = &api.gateway.shared;
     let router = shared.router()?;
     let stats = router.routers().cluster_stats().await.map_err(|error| {
@@ -32,17 +33,48 @@ pub(super) async fn nodes(State(api): State<Api>) -> Result<Json<Value>, ApiErro
             format!("the routers do not answer: {error}"),
         )
     })?;
-    let nodes: Vec<Value> = stats
-        .nodes
-        .iter()
-        .map(|node| json!({ "nodeId": node.node_id, "connections": node.sessions }))
-        .collect();
     let connections: u64 = stats.nodes.iter().map(|node| node.sessions).sum();
-    Ok(Json(json!({
-        "nodes": nodes,
-        "connections": connections,
-        "usersOnline": stats.users_online,
-    })))
+    let nodes = stats
+        .nodes
+        .into_iter()
+        .map(|node| NodeJson {
+            node_id: node.node_id,
+            connections: node.sessions,
+        })
+        .collect();
+    Ok(Json(NodesJson {
+        nodes,
+        connections,
+        users_online: stats.users_online,
+    }))
+}
+
+/// `{nodes: [{nodeId, connections}], connections, usersOnline}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NodesJson {
+    nodes: Vec<NodeJson>,
+    connections: u64,
+    users_online: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeJson {
+    node_id: String,
+    connections: u64,
+}
+
+/// A conversation's statistics.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StatsJson {
+    conversation_id: String,
+    members: u32,
+    /// Unknown (null) without routers.
+    members_online: Option<usize>,
+    messages_last_minute: usize,
+    messages_last_minute_at_least: bool,
 }
 
 /// `GET /admin/conversations/{id}/stats`: members, members online, and messages in the last
@@ -51,7 +83,7 @@ pub(super) async fn nodes(State(api): State<Api>) -> Result<Json<Value>, ApiErro
 pub(super) async fn conversation_stats(
     State(api): State<Api>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StatsJson>, ApiError> {
     validation::conversation_id(&id)?;
     let shared = &api.gateway.shared;
     let conversation = shared
@@ -79,20 +111,20 @@ pub(super) async fn conversation_stats(
         }
         window = Window::Before(oldest.id);
     }
-    Ok(Json(json!({
-        "conversationId": id,
-        "members": conversation.num_participants,
-        "membersOnline": online,
-        "messagesLastMinute": counted,
-        "messagesLastMinuteAtLeast": !complete,
-    })))
+    Ok(Json(StatsJson {
+        conversation_id: id,
+        members: conversation.num_participants,
+        members_online: online,
+        messages_last_minute: counted,
+        messages_last_minute_at_least: !complete,
+    }))
 }
 
 /// `GET /admin/health`: NATS (this node's connection), the routers, a worker and its store, and
 /// the store's lag behind the stream, each `ok` or with the reason it is not; `status` is `ok`,
 /// or `degraded` (the chat works, with less: presence, or reads of old history), or `down`
 /// (messages cannot be sent or stored). 200 unless `down` (503).
-pub(super) async fn health(State(api): State<Api>) -> (StatusCode, Json<Value>) {
+pub(super) async fn health(State(api): State<Api>) -> Response {
     let shared = &api.gateway.shared;
     let nats = match shared.client.connection_state() {
         async_nats::connection::State::Connected => Check::Ok,
@@ -153,20 +185,54 @@ pub(super) async fn health(State(api): State<Api>) -> (StatusCode, Json<Value>) 
     } else {
         StatusCode::OK
     };
-    let mut lag_json = lag.json();
-    lag_json["events"] = json!(lag_events);
-    let body = json!({
-        "status": status,
-        "node": shared.settings.node_id,
-        "checks": {
-            "nats": nats.json(),
-            "router": router.json(),
-            "worker": worker.json(),
-            "store": store.json(),
-            "lag": lag_json,
+    let body = HealthJson {
+        status,
+        node: &shared.settings.node_id,
+        checks: ChecksJson {
+            nats: nats.json(),
+            router: router.json(),
+            worker: worker.json(),
+            store: store.json(),
+            lag: LagJson {
+                check: lag.json(),
+                events: lag_events,
+            },
         },
-    });
-    (code, Json(body))
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `{status, node, checks}`: the answer of [`health`].
+#[derive(Serialize)]
+struct HealthJson<'a> {
+    status: &'static str,
+    node: &'a str,
+    checks: ChecksJson<'a>,
+}
+
+#[derive(Serialize)]
+struct ChecksJson<'a> {
+    nats: CheckJson<'a>,
+    router: CheckJson<'a>,
+    worker: CheckJson<'a>,
+    store: CheckJson<'a>,
+    lag: LagJson<'a>,
+}
+
+/// `{status, reason?}`.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+/// The lag's check with the lag itself (null when unknown).
+#[derive(Serialize)]
+struct LagJson<'a> {
+    #[serde(flatten)]
+    check: CheckJson<'a>,
+    events: Option<i64>,
 }
 
 /// One check of [`health`].
@@ -179,12 +245,13 @@ enum Check {
 }
 
 impl Check {
-    fn json(&self) -> Value {
-        match self {
-            Self::Ok => json!({ "status": "ok" }),
-            Self::Degraded(reason) => json!({ "status": "degraded", "reason": reason }),
-            Self::Down(reason) => json!({ "status": "down", "reason": reason }),
-            Self::Unknown => json!({ "status": "unknown" }),
-        }
+    fn json(&self) -> CheckJson<'_> {
+        let (status, reason) = match self {
+            Self::Ok => ("ok", None),
+            Self::Degraded(reason) => ("degraded", Some(reason.as_str())),
+            Self::Down(reason) => ("down", Some(reason.as_str())),
+            Self::Unknown => ("unknown", None),
+        };
+        CheckJson { status, reason }
     }
 }

@@ -8,8 +8,7 @@ use chat_proto::bus;
 use chat_proto::client::{ConversationsData, Done, StatusesData};
 use chat_proto::timestamp::iso8601;
 use chat_proto::v1::{self, user_event};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{Actor, Api, ApiError, Query};
 use crate::error::RequestError;
@@ -91,7 +90,7 @@ pub(super) async fn presence(
 pub(super) async fn audit(
     State(api): State<Api>,
     Query(query): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
         return Err(RequestError::invalid("limit must be 1 to 1000").into());
@@ -115,33 +114,55 @@ pub(super) async fn audit(
             limit,
         })
         .await?;
-    let events: Vec<Value> = page.events.iter().map(audit_json).collect();
-    let next = (page.next > 0).then_some(page.next);
-    Ok(Json(json!({ "events": events, "next": next })))
+    let answer = AuditPageJson {
+        events: page.events.iter().map(AuditJson::from).collect(),
+        next: (page.next > 0).then_some(page.next),
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// `{events, next}`: a page of the audit log.
+#[derive(Serialize)]
+struct AuditPageJson<'a> {
+    events: Vec<AuditJson<'a>>,
+    next: Option<u64>,
 }
 
 /// An audit record as the API shows it: empty fields left out.
-fn audit_json(event: &v1::AuditEvent) -> Value {
-    let mut json = json!({
-        "seq": event.seq,
-        "at": iso8601(event.at_ms),
-        "kind": event.kind,
-        "actor": event.actor,
-    });
-    let optional = [
-        ("userId", &event.user_id),
-        ("conversationId", &event.conversation_id),
-        ("node", &event.node),
-        ("address", &event.address),
-        ("detail", &event.detail),
-    ];
-    for (name, value) in optional {
-        if !value.is_empty() {
-            json[name] = json!(value);
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditJson<'a> {
+    seq: u64,
+    at: String,
+    kind: &'a str,
+    actor: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    user_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    conversation_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    node: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    address: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<u64>,
+}
+
+impl<'a> From<&'a v1::AuditEvent> for AuditJson<'a> {
+    fn from(event: &'a v1::AuditEvent) -> Self {
+        Self {
+            seq: event.seq,
+            at: iso8601(event.at_ms),
+            kind: &event.kind,
+            actor: &event.actor,
+            user_id: &event.user_id,
+            conversation_id: &event.conversation_id,
+            node: &event.node,
+            address: &event.address,
+            detail: &event.detail,
+            message_id: (event.message_id > 0).then_some(event.message_id),
         }
     }
-    if event.message_id > 0 {
-        json["messageId"] = json!(event.message_id);
-    }
-    json
 }
