@@ -2,7 +2,7 @@
 //! drop. The binary is `$NATS_SERVER` or `nats-server` on the `PATH` (the test command installs
 //! it from the OS packages). [`run_to_exit`] runs a binary with a deadline.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +17,9 @@ pub struct NatsServer {
     /// JetStream's `max_file_store`.
     max_file_store: &'static str,
 }
+
+/// Ports a test server tries before it gives up.
+const ATTEMPTS: usize = 5;
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -41,8 +44,13 @@ impl NatsServer {
             cluster: None,
             max_file_store,
         };
-        server.spawn();
-        server
+        for _ in 0..ATTEMPTS {
+            if server.spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("nats-server could not bind a free port in {ATTEMPTS} attempts");
     }
 
     /// Starts `size` servers in one cluster (`n1`, `n2`, …; JetStream clustered), each on free
@@ -65,7 +73,11 @@ impl NatsServer {
                     cluster: Some((format!("n{}", i + 1), *cluster_port, routes.clone())),
                     max_file_store: "1TB",
                 };
-                server.spawn();
+                assert!(
+                    server.spawn(),
+                    "nats-server {} could not bind its ports",
+                    i + 1
+                );
                 server
             })
             .collect()
@@ -97,10 +109,15 @@ impl NatsServer {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "nats-server could not start again on port {}",
+            self.port
+        );
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server on its port; whether it is ready (false: it exited, its port taken).
+    fn spawn(&mut self) -> bool {
         let binary = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
         let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("a log file");
         // The stream reserves its limit (8 GiB by default) against JetStream's store limit,
@@ -129,8 +146,21 @@ impl NatsServer {
                 panic!("cannot start {binary}: {e}; install it with `apt-get install nats-server` or run .ci/run")
             });
         self.child = Some(child);
+        // Ready once its own log says so: a connection to the port could reach another test's
+        // server that took the port between `free_port` and this one's bind (this one then
+        // exits), and that server may go away with its test.
+        let log = self.dir.path().join("nats.log");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            if logged.contains("Server is ready") {
+                return true;
+            }
+            let child = self.child.as_mut().expect("the server was spawned");
+            if child.try_wait().is_ok_and(|status| status.is_some()) {
+                self.child = None;
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not start on port {}",
